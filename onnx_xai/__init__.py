@@ -1,0 +1,9 @@
+"""onnx_xai: explain deployed ONNX models with ONNX Runtime alone."""
+from .errors import DeviceError, OnnxXaiError, UnsupportedModelError
+from .runtime import Model, TensorInfo, cuda_status, sigmoid, softmax
+
+__all__ = [
+    "Model", "TensorInfo", "cuda_status", "softmax", "sigmoid",
+    "OnnxXaiError", "UnsupportedModelError", "DeviceError",
+]
+__version__ = "0.1.0"
