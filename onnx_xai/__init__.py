@@ -1,6 +1,7 @@
 """onnx_xai: explain deployed ONNX models with ONNX Runtime alone."""
 from .errors import DeviceError, OnnxXaiError, UnsupportedModelError
 from .runtime import Model, TensorInfo, cuda_status, sigmoid, softmax
+from . import visualize
 
 __all__ = [
     "Model", "TensorInfo", "cuda_status", "softmax", "sigmoid",

@@ -1,0 +1,72 @@
+"""Bounding boxes around the hottest regions of a saliency map, and drawing them."""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import cv2
+import numpy as np
+
+from .colors import _as_array, _image_to_rgb_float, normalize
+
+
+class Box(NamedTuple):
+    """Pixel box ``[x0, x1) × [y0, y1)`` with the region's peak value of the normalised map."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    peak: float
+
+
+def boxes_from_map(map, threshold: float = 0.5, max_boxes: int | None = 5,
+                   image_size: tuple[int, int] | None = None) -> list[Box]:
+    """Boxes around the connected regions (8-connected) where the min-max normalised ``map``
+    ``(h, w)`` / ``(1, h, w)`` is ``>= threshold``, hottest peak first, at most ``max_boxes``.
+
+    ``threshold=1.0`` gives the single hottest cell(s). ``image_size=(H, W)`` scales the boxes
+    from map cells to image pixels (cell ``(r, c)`` covers rows ``r*H/h .. (r+1)*H/h``).
+    """
+    m = _as_array(map, "map")
+    m = m[0] if m.ndim == 3 and m.shape[0] == 1 else m
+    if m.ndim != 2:
+        raise ValueError(f"map must be 2D (h, w) or (1, h, w), got shape {m.shape}")
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold is on the map normalised to [0, 1] and must lie in [0, 1], got {threshold!r}")
+    if max_boxes is not None and int(max_boxes) < 1:
+        raise ValueError(f"max_boxes must be >= 1 or None, got {max_boxes!r}")
+    norm = np.nan_to_num(normalize(m), nan=0.0)
+    if np.all(norm == 0) and np.nanmax(m) == np.nanmin(m):
+        return []  # a constant map has no hot region
+    mask = (norm >= float(threshold)).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    h, w = m.shape
+    sy, sx = (1.0, 1.0) if image_size is None else (image_size[0] / h, image_size[1] / w)
+    boxes = []
+    for k in range(1, count):
+        x, y, bw, bh = (int(v) for v in stats[k, :4])
+        peak = float(norm[labels == k].max())
+        boxes.append(Box(int(np.floor(x * sx)), int(np.floor(y * sy)),
+                         int(np.ceil((x + bw) * sx)), int(np.ceil((y + bh) * sy)), peak))
+    boxes.sort(key=lambda b: -b.peak)
+    return boxes if max_boxes is None else boxes[: int(max_boxes)]
+
+
+def draw_boxes(image, boxes: Sequence, color=(255, 0, 0), thickness: int = 2,
+               labels: Sequence[str] | None = None) -> np.ndarray:
+    """Draw ``boxes`` (:class:`Box` or ``(x0, y0, x1, y1)``, end exclusive) on a copy of ``image``
+    ``(H, W[, 3])`` → ``(H, W, 3)`` uint8 RGB; optional text ``labels`` above each box."""
+    out = np.round(_image_to_rgb_float(image) * 255).astype(np.uint8)
+    if labels is not None and len(labels) != len(boxes):
+        raise ValueError(f"got {len(labels)} labels for {len(boxes)} boxes")
+    for i, box in enumerate(boxes):
+        if len(box) < 4:
+            raise ValueError(f"box {i} must be (x0, y0, x1, y1), got {box!r}")
+        x0, y0, x1, y1 = (int(v) for v in box[:4])
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(f"box {i} is empty: {(x0, y0, x1, y1)} (need x1 > x0 and y1 > y0)")
+        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), tuple(int(c) for c in color), int(thickness))
+        if labels is not None:
+            cv2.putText(out, str(labels[i]), (x0 + 2, max(y0 - 4, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                        tuple(int(c) for c in color), 1, cv2.LINE_AA)
+    return out

@@ -1,0 +1,70 @@
+"""``save_explanation``: PNG overlay + raw ``.npy`` map + JSON metadata, written atomically."""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ._io import atomic_write_bytes, encode_png
+from .colors import _as_array, overlay
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _hwc(image) -> np.ndarray:
+    img = _as_array(image, "image")
+    if img.ndim == 4 and img.shape[0] == 1:
+        img = img[0]
+    if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[2] not in (1, 3, 4):
+        img = np.moveaxis(img, 0, -1)  # channel-first (C, H, W)
+    return img
+
+
+def save_explanation(path_stem: str | os.PathLike, image, map, meta: dict | None = None, *,
+                     alpha: float = 0.5, colormap: str = "jet") -> dict[str, Path]:
+    """Write ``{stem}.png`` (overlay), ``{stem}.npy`` (raw map) and ``{stem}.json`` (``meta`` +
+    map shape/dtype/range) → ``{"png": ..., "npy": ..., "json": ...}``.
+
+    ``image``: ``(H, W[, 3])`` or ``(1|3, H, W)``; ``map``: ``(h, w)`` / ``(1, h, w)`` /
+    ``(1, 1, h, w)`` (resized to the image for the PNG; saved unchanged in the ``.npy``).
+    Everything is encoded first, then each file goes through a temp file and ``os.replace``:
+    bad input writes nothing, an interruption leaves no half-written file.
+    """
+    stem = Path(path_stem)
+    if stem.suffix.lower() in (".png", ".npy", ".json"):
+        stem = stem.with_suffix("")
+    raw = _as_array(map, "map")
+    m2 = raw.reshape(raw.shape[-2:]) if raw.ndim >= 2 and int(np.prod(raw.shape[:-2])) == 1 else None
+    if m2 is None:
+        raise ValueError(f"map must be one 2D map (h, w), (1, h, w) or (1, 1, h, w); got shape {raw.shape}")
+    if meta is not None and not isinstance(meta, dict):
+        raise ValueError(f"meta must be a dict or None, got {type(meta).__name__}")
+    png = encode_png(overlay(_hwc(image), m2, alpha=alpha, colormap=colormap))
+    buf = io.BytesIO()
+    np.save(buf, raw, allow_pickle=False)
+    record = dict(meta or {})
+    finite = raw[np.isfinite(raw)]
+    record["map"] = {"shape": list(raw.shape), "dtype": str(raw.dtype),
+                     "min": float(finite.min()) if finite.size else None,
+                     "max": float(finite.max()) if finite.size else None}
+    record["files"] = {k: stem.with_suffix("." + k).name for k in ("png", "npy")}
+    try:
+        text = json.dumps(record, indent=2, default=_json_default, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"meta cannot be written as JSON: {exc}") from exc
+    paths = {k: stem.with_suffix("." + k) for k in ("png", "npy", "json")}
+    atomic_write_bytes(paths["png"], png)
+    atomic_write_bytes(paths["npy"], buf.getvalue())
+    atomic_write_bytes(paths["json"], text.encode("utf-8"))
+    return paths
