@@ -316,7 +316,7 @@ class Model:
                              "(use Model.with_outputs to expose intermediate tensors)")
         return names
 
-    def _check_extra(self, extra: dict[str, Any] | None) -> dict[str, np.ndarray]:
+    def check_extra_inputs(self, extra: dict[str, Any] | None) -> dict[str, np.ndarray]:
         extra = dict(extra or {})
         others = [i for i in self.inputs if i.name != self.input_name]
         unknown = set(extra) - {i.name for i in others}
@@ -349,15 +349,9 @@ class Model:
         """
         x = self.check_input(x)
         names = self._check_outputs(outputs)
-        extra = self._check_extra(extra_inputs)
+        extra = self.check_extra_inputs(extra_inputs)
         n = x.shape[0]
-        if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        step = min(int(batch_size or n), n)
-        if self._batch != "dynamic" and (step > 1 or self._batch != 1):
-            self._make_batch_dynamic(x, extra)
-        if self._batch != "dynamic":
-            step = self._fixed_size if self._batch == "fixed" else 1
+        step = self.plan_batch(x, n if batch_size is None else batch_size, extra)
         results: dict[str, list[np.ndarray]] = {name: [] for name in names}
         show = self.verbose if verbose is None else verbose
         with tqdm(total=n, unit="sample", desc="inference", delay=1.0,
@@ -370,6 +364,18 @@ class Model:
                 bar.update(len(chunk))
         merged = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in results.items()}
         return merged if isinstance(outputs, (list, tuple)) else merged[names[0]]
+
+    def plan_batch(self, x: np.ndarray, batch_size: int, extra: dict[str, np.ndarray]) -> int:
+        """The batch size runs can really use: ``batch_size`` for a dynamic batch, else the
+        model's fixed size (after trying, once, to make the batch dynamic using ``x``)."""
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        step = min(int(batch_size), max(x.shape[0], 1)) if x.shape[0] > 1 else int(batch_size)
+        if self._batch != "dynamic" and (step > 1 or self._batch != 1):
+            self._make_batch_dynamic(x, extra)
+        if self._batch != "dynamic":
+            return self._fixed_size if self._batch == "fixed" else 1
+        return step
 
     def run_batch(self, chunk: np.ndarray, names: list[str], extra: dict[str, np.ndarray],
                   n_total: int | None = None, start: int = 0) -> list[np.ndarray]:
@@ -418,7 +424,8 @@ class Model:
         if self._proto is None:
             return
         candidate = graph.with_dynamic_batch(self._proto, fixed)
-        probe = np.concatenate([x[:1], x[-1:] * 0.5 + x[:1] * 0.5])
+        second = x[-1:] if x.shape[0] > 1 else np.flip(x[:1], axis=-1)  # two different samples
+        probe = np.ascontiguousarray(np.concatenate([x[:1], second]))
         names = self.output_names
         try:
             single = [self.run_batch(probe[i:i + 1], names, extra) if fixed == 1 else None

@@ -1,0 +1,93 @@
+"""Numba kernels for occlusion: occluded batches built in place, window scores blended.
+
+Spatial data is handled as 3D everywhere: a 2D image ``(C, H, W)`` is viewed as
+``(C, H, W, 1)`` (a free reshape), so one kernel serves 2D and 3D. A window is the box
+``[lo, hi)`` per spatial dimension.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+# How a window's patch is replaced (the ``kind`` argument of ``fill_occluded``).
+MULTIPLY = 0    # patch * mul                     (MONAI "gaussian")
+CONSTANT = 1    # value[c] per channel            (a float, "mean_img", MATLAB mask values)
+PATCH_MEAN = 2  # mean of the patch over all channels
+
+
+@njit(cache=True, parallel=True)
+def fill_occluded(buf, x, prev_lo, prev_hi, lo, hi, kind, mul, value):  # pragma: no cover - jitted
+    """Turn ``buf[b]`` from "x occluded at window prev[b]" into "x occluded at window [lo[b], hi[b])".
+
+    buf: (B, C, D0, D1, D2) float32, each slot a copy of ``x`` except inside its previous
+    window; x: (C, D0, D1, D2); prev_lo/prev_hi/lo/hi: (B, 3) int64 (prev_hi[b, 0] < 0: the
+    slot holds a clean copy); mul: (C, m0, m1, m2) indexed from ``lo``; value: (C,).
+    Only the two windows of each slot are touched, never the whole image.
+    """
+    n_channels = x.shape[0]
+    for b in prange(lo.shape[0]):
+        if prev_hi[b, 0] >= 0:
+            for c in range(n_channels):
+                for i in range(prev_lo[b, 0], prev_hi[b, 0]):
+                    for j in range(prev_lo[b, 1], prev_hi[b, 1]):
+                        for k in range(prev_lo[b, 2], prev_hi[b, 2]):
+                            buf[b, c, i, j, k] = x[c, i, j, k]
+        mean = 0.0
+        if kind == PATCH_MEAN:
+            total = 0.0
+            count = 0
+            for c in range(n_channels):
+                for i in range(lo[b, 0], hi[b, 0]):
+                    for j in range(lo[b, 1], hi[b, 1]):
+                        for k in range(lo[b, 2], hi[b, 2]):
+                            total += x[c, i, j, k]
+                            count += 1
+            mean = total / max(count, 1)
+        for c in range(n_channels):
+            for i in range(lo[b, 0], hi[b, 0]):
+                for j in range(lo[b, 1], hi[b, 1]):
+                    for k in range(lo[b, 2], hi[b, 2]):
+                        if kind == MULTIPLY:
+                            buf[b, c, i, j, k] = x[c, i, j, k] * mul[c, i - lo[b, 0], j - lo[b, 1], k - lo[b, 2]]
+                        elif kind == CONSTANT:
+                            buf[b, c, i, j, k] = value[c]
+                        else:
+                            buf[b, c, i, j, k] = mean
+
+
+@njit(cache=True, parallel=True)
+def blend_windows(out, scores, lo, weight, inv_count):  # pragma: no cover - jitted
+    """``out[k] = inv_count * Σ_w weight(p - lo[w]) * scores[w, k]`` over windows covering p.
+
+    out: (K, D0, D1, D2) float32, overwritten; scores: (n, K); lo: (n, 3) window starts (all
+    windows have the shape of ``weight``, (m0, m1, m2)); inv_count: (D0, D1, D2), one over
+    the summed weights. Parallel over classes, so each class plane stays in cache while
+    every window paints it.
+    """
+    m0, m1, m2 = weight.shape
+    for k in prange(out.shape[0]):
+        plane = out[k]
+        plane[:] = 0.0
+        for w in range(lo.shape[0]):
+            s = scores[w, k]
+            for i in range(m0):
+                for j in range(m1):
+                    for t in range(m2):
+                        plane[lo[w, 0] + i, lo[w, 1] + j, lo[w, 2] + t] += weight[i, j, t] * s
+        for i in range(plane.shape[0]):
+            for j in range(plane.shape[1]):
+                for t in range(plane.shape[2]):
+                    plane[i, j, t] *= inv_count[i, j, t]
+
+
+@njit(cache=True)
+def window_weight_sum(shape, lo, weight):  # pragma: no cover - jitted
+    """Σ_w weight(p - lo[w]) over windows covering p: (D0, D1, D2) float64."""
+    total = np.zeros((shape[0], shape[1], shape[2]))
+    m0, m1, m2 = weight.shape
+    for w in range(lo.shape[0]):
+        for i in range(m0):
+            for j in range(m1):
+                for t in range(m2):
+                    total[lo[w, 0] + i, lo[w, 1] + j, lo[w, 2] + t] += weight[i, j, t]
+    return total
