@@ -55,7 +55,7 @@ def boxes_from_map(map, threshold: float = 0.5, max_boxes: int | None = 5,
 def draw_boxes(image, boxes: Sequence, color=(255, 0, 0), thickness: int = 2,
                labels: Sequence[str] | None = None) -> np.ndarray:
     """Draw ``boxes`` (:class:`Box` or ``(x0, y0, x1, y1)``, end exclusive) on a copy of ``image``
-    ``(H, W[, 3])`` → ``(H, W, 3)`` uint8 RGB; optional text ``labels`` above each box."""
+    ``(H, W[, 3])`` → ``(H, W, 3)`` uint8 RGB; optional text ``labels`` inside each box's top-left corner."""
     out = np.round(_image_to_rgb_float(image) * 255).astype(np.uint8)
     if labels is not None and len(labels) != len(boxes):
         raise ValueError(f"got {len(labels)} labels for {len(boxes)} boxes")
@@ -67,6 +67,6 @@ def draw_boxes(image, boxes: Sequence, color=(255, 0, 0), thickness: int = 2,
             raise ValueError(f"box {i} is empty: {(x0, y0, x1, y1)} (need x1 > x0 and y1 > y0)")
         cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), tuple(int(c) for c in color), int(thickness))
         if labels is not None:
-            cv2.putText(out, str(labels[i]), (x0 + 2, max(y0 - 4, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+            cv2.putText(out, str(labels[i]), (x0 + 3, y0 + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                         tuple(int(c) for c in color), 1, cv2.LINE_AA)
     return out
