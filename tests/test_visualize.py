@@ -99,6 +99,23 @@ def test_montage_equals_monai_matshow3d(rng, name, make, kwargs):
     np.testing.assert_array_equal(ours, ref)
 
 
+def test_matshow3d_figure_when_matplotlib_is_there(rng):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from monai.visualize.utils import matshow3d as monai_matshow3d
+
+    vol = rng.random((6, 5, 4))
+    fig, im = vis.matshow3d(vol, title="t", frames_per_row=4)
+    ref_fig, ref = monai_matshow3d(vol, title="t", frames_per_row=4)
+    np.testing.assert_array_equal(im, ref)
+    assert fig.axes[0].get_title() == "t" and fig.axes[0].images[0].get_clim() == ref_fig.axes[0].images[0].get_clim()
+    plt.close(fig)
+    plt.close(ref_fig)
+
+
 def test_montage_layout_by_hand():
     vol = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3)  # 5 frames of 2x3 along dim -3
     grid = vis.montage(vol, margin=1)  # ceil(sqrt(5)) = 3 per row, 2 rows

@@ -173,7 +173,7 @@ def _lut_lookup(values: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """Matplotlib's float lookup: index ``floor(v * N)``, v == 1 → last, under → first,
     over → last, NaN → black."""
     n = lut.shape[0]
-    scaled = values * values.dtype.type(n) if np.issubdtype(values.dtype, np.floating) else values * n
+    scaled = values * values.dtype.type(n)  # in the input's float precision, as matplotlib
     with np.errstate(invalid="ignore"):
         idx = np.clip(np.nan_to_num(scaled, nan=0.0), -1, n).astype(np.int64)
     idx[scaled == n] = n - 1
