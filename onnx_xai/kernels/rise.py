@@ -1,0 +1,100 @@
+"""RISE kernels: random binary masks upsampled (bi/tri)linearly with a random shift, written
+in place into a preallocated batch, and their score-weighted sum (numba, no per-mask allocation).
+
+Everything is 3-axis: a 2D input ``(H, W)`` is seen as ``(1, H, W)`` (the singleton axis first,
+so inner loops run along W). Grids are ``(n, g0, g1, g2)`` uint8 (0/1), one grid step per
+``cells[a]`` pixels along axis ``a``; a mask's value at pixel ``i`` is the linear interpolation
+of the grid at grid coordinate ``(i + 0.5 + shift) / cell - 0.5``, clamped to the grid (edges
+replicate). Separable: interpolate along axis 2, then 1, then 0.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+_BLOCK = 4096  # pixels per parallel chunk of the accumulation
+
+
+@njit(cache=True, inline="always")
+def _coord(i, shift, cell, g):
+    """Lower grid index, upper grid index and weight of the upper one for pixel ``i``."""
+    t = (i + 0.5 + shift) / cell - 0.5
+    if t < 0.0:
+        t = 0.0
+    elif t > g - 1:
+        t = g - 1.0
+    i0 = int(t)
+    return i0, min(i0 + 1, g - 1), np.float32(t - i0)
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def fill_masked_batch(x, grids, shifts, cells, masks, out, work2, work1):
+    """Write ``n = len(grids)`` masks into ``masks[:n]`` and ``x * mask`` into ``out[:n]``.
+
+    Args:
+        x: ``(C, P)`` float32, the input flattened over ``(s0, s1, s2)``.
+        grids: ``(n, g0, g1, g2)`` uint8 binary grids.
+        shifts: ``(n, 3)`` float64 shifts in pixels, ``[0, cell)`` per axis.
+        cells: ``(3,)`` float64 cell sizes in pixels.
+        masks: ``(N >= n, s0, s1, s2)`` float32, written.
+        out: ``(N >= n, C, P)`` float32, written (``P = s0·s1·s2``).
+        work2: ``(N, g0, g1, s2)`` float32 scratch; work1: ``(N, g0, s1, s2)`` float32 scratch.
+    """
+    n, g0, g1, g2 = grids.shape
+    s0, s1, s2 = masks.shape[1:]
+    nc, p_ = x.shape
+    for b in prange(n):
+        g, t2, t1, m = grids[b], work2[b], work1[b], masks[b]
+        for k in range(s2):  # along axis 2, on the grid's rows
+            k0, k1, wk = _coord(k, shifts[b, 2], cells[2], g2)
+            for a in range(g0):
+                for c in range(g1):
+                    t2[a, c, k] = (1 - wk) * g[a, c, k0] + wk * g[a, c, k1]
+        for a in range(g0):  # along axis 1
+            for j in range(s1):
+                j0, j1, wj = _coord(j, shifts[b, 1], cells[1], g1)
+                for k in range(s2):
+                    t1[a, j, k] = (1 - wj) * t2[a, j0, k] + wj * t2[a, j1, k]
+        for i in range(s0):  # along axis 0
+            i0, i1, wi = _coord(i, shifts[b, 0], cells[0], g0)
+            for j in range(s1):
+                for k in range(s2):
+                    m[i, j, k] = (1 - wi) * t1[i0, j, k] + wi * t1[i1, j, k]
+        mf = m.reshape(p_)
+        for c in range(nc):
+            xc, oc = x[c], out[b, c]
+            for p in range(p_):
+                oc[p] = xc[p] * mf[p]
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def accumulate(masks, weights, sal):
+    """``sal[k, p] += Σ_b weights[b, k] · masks[b, p]`` for ``b < len(weights)``.
+
+    Args:
+        masks: ``(N, P)`` float32 (flattened masks; only the first ``len(weights)`` rows are read).
+        weights: ``(n, K)`` float64 scores.
+        sal: ``(K, P)`` float64 accumulator, updated in place.
+    """
+    n, k_ = weights.shape
+    p_ = sal.shape[1]
+    for blk in prange((p_ + _BLOCK - 1) // _BLOCK):
+        lo = blk * _BLOCK
+        hi = min(lo + _BLOCK, p_)
+        for k in range(k_):
+            row = sal[k]
+            for b in range(n):
+                wb = weights[b, k]
+                mb = masks[b]
+                for p in range(lo, hi):
+                    row[p] += wb * mb[p]
+
+
+def random_grids(rngs: tuple[np.random.Generator, np.random.Generator], n: int,
+                 grid: tuple[int, int, int], p1: float, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` binary grids ``(n, *grid)`` uint8 with P(1) = p1 (from ``rngs[0]``) and shifts ``(n, 3)``
+    in ``[0, cell)``, zero along a size-1 axis (from ``rngs[1]``). Two streams, so that the masks
+    do not depend on how they are split into batches."""
+    grids = (rngs[0].random((n, *grid)) < p1).astype(np.uint8)
+    shifts = rngs[1].random((n, 3)) * np.where(np.asarray(grid) > 1, cells, 0.0)
+    return grids, shifts

@@ -1,0 +1,103 @@
+"""RISE (Petsiuk et al., BMVC 2018): saliency = E[score(x ⊙ M) · M] / E[M] over random masks M."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..kernels import rise as kernel
+from ..runtime import Model, ModelSource
+from ..scores import activation, check_index, class_scores
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class RISE:
+    """Randomized Input Sampling for Explanation, for 2D ``(B, C, H, W)`` and 3D ``(B, C, H, W, D)`` inputs.
+
+    Args:
+        model: a ``Model`` or anything ``Model`` accepts.
+        n_masks: number of random masks.
+        cell_size: cells per spatial dimension of the low-resolution mask grid (the paper's
+            ``s``); one int or one per spatial dimension. A cell spans ``size / cell_size`` pixels.
+        p1: probability that a grid cell is kept.
+        n_batch: masked inputs per forward pass (peak extra memory ≈ ``(C + 1) · n_batch`` inputs).
+        seed: seed of the masks (None: fresh randomness each call). Every item of a batch sees
+            the same masks.
+        activate: True: softmax over classes (sigmoid for one class); False: raw outputs; or a
+            callable ``(B, K) → (B, K)``.
+        verbose: tqdm bar (None: the model's default).
+    """
+
+    def __init__(self, model: ModelSource, n_masks: int = 4000, cell_size: int | tuple[int, ...] = 7,
+                 p1: float = 0.5, n_batch: int = 32, *, seed: int | None = None,
+                 activate: Any = True, verbose: bool | None = None) -> None:
+        self.model = model if isinstance(model, Model) else Model(model)
+        self.n_masks = _positive_int("n_masks", n_masks)
+        self.n_batch = _positive_int("n_batch", n_batch)
+        cells = cell_size if isinstance(cell_size, (tuple, list)) else (cell_size,)
+        self.cell_size = tuple(_positive_int("cell_size", c) for c in cells)
+        if not 0.0 < float(p1) < 1.0:
+            raise ValueError(f"p1 must be in (0, 1), got {p1!r}")
+        self.p1 = float(p1)
+        self.seed = seed
+        self.activate = activation(activate)
+        self.verbose = verbose
+
+    def __call__(self, x: Any, index: Any = None, *, extra_inputs: dict | None = None) -> np.ndarray:
+        """Saliency of ``x`` ``(B, C, *spatial)`` for class ``index`` (None: the top class of each item;
+        an int; or a sequence of classes) → ``(B, n_index, *spatial)`` float32."""
+        x = self.model.check_input(x)
+        spatial = x.shape[2:]
+        if len(spatial) not in (2, 3):
+            raise ValueError(f"RISE takes (B, C, H, W) or (B, C, H, W, D) inputs, got shape {x.shape}")
+        if len(self.cell_size) not in (1, len(spatial)):
+            raise ValueError(f"cell_size needs 1 or {len(spatial)} values, got {self.cell_size}")
+        pad = 3 - len(spatial)  # 2D runs as (1, H, W)
+        grid_n = np.broadcast_to(np.asarray(self.cell_size), (len(spatial),))
+        shape3 = (1,) * pad + tuple(spatial)
+        cells = np.asarray(shape3, np.float64) / np.concatenate([np.ones(pad), grid_n])
+        grid = (1,) * pad + tuple(int(g) + 1 for g in grid_n)
+        base = class_scores(self.model.predict(x, extra_inputs=extra_inputs, verbose=False),
+                            self.activate, len(x))
+        classes = check_index(index, base.shape[1])
+        nb, c = min(self.n_batch, self.n_masks), x.shape[1]
+        masks = np.empty((nb, *shape3), np.float32)
+        batch = np.empty((nb, c, masks[0].size), np.float32)
+        work2 = np.empty((nb, grid[0], grid[1], shape3[2]), np.float32)
+        work1 = np.empty((nb, grid[0], shape3[1], shape3[2]), np.float32)
+        flat_masks = masks.reshape(nb, -1)
+        result = []
+        show = self.model.verbose if self.verbose is None else self.verbose
+        with tqdm(total=self.n_masks * len(x), unit="mask", desc="RISE", disable=not show,
+                  delay=1.0, leave=False) as bar:
+            for item, xi in enumerate(x):
+                cls = classes if classes is not None else [int(np.argmax(base[item]))]
+                extra = _item(extra_inputs, item, len(x))
+                rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(self.seed).spawn(2)]
+                sal = np.zeros((len(cls), flat_masks.shape[1]), np.float64)
+                xi = np.ascontiguousarray(xi.reshape(c, -1))
+                for start in range(0, self.n_masks, nb):
+                    n = min(nb, self.n_masks - start)
+                    grids, shifts = kernel.random_grids(rngs, n, grid, self.p1, cells)
+                    kernel.fill_masked_batch(xi, grids, shifts, cells, masks, batch, work2, work1)
+                    raw = self.model.predict(batch[:n].reshape(n, *x.shape[1:]),
+                                             extra_inputs=extra, verbose=False)
+                    scores = class_scores(raw, self.activate, n)[:, cls]
+                    kernel.accumulate(flat_masks, np.ascontiguousarray(scores), sal)
+                    bar.update(n)
+                result.append(sal / (self.n_masks * self.p1))
+        return np.stack(result).reshape(len(x), -1, *spatial).astype(np.float32)
+
+
+def _item(extra: dict | None, item: int, n: int) -> dict | None:
+    """The extra inputs for item ``item`` of a batch of ``n`` (arrays split along a batch of n)."""
+    if not extra:
+        return extra
+    return {k: (v[item:item + 1] if n > 1 and np.ndim(v) and np.shape(v)[0] == n else v)
+            for k, v in extra.items()}

@@ -1,0 +1,88 @@
+"""Labelled synthetic images with ground-truth object masks (NumPy only), for testing explanations.
+
+- :func:`shapes_2d`: one shape (square, disc, triangle, cross — the class) at a random place and
+  size on a noisy background with a random brightness offset and gradient.
+- :func:`blobs_3d`: one Gaussian blob in a noisy volume, bright (class 0) or dark (class 1).
+
+The models ``models/synthetic_shapes2d.onnx`` and ``models/synthetic_blobs3d.onnx`` were trained
+on these generators (``models/train_synthetic.py``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+SHAPES_2D = ("square", "disc", "triangle", "cross")
+BLOBS_3D = ("bright", "dark")
+
+
+def _check(n: int, size: int, smallest: int) -> None:
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if not isinstance(size, (int, np.integer)) or size < smallest:
+        raise ValueError(f"size must be an integer >= {smallest}, got {size!r}")
+
+
+def shape_mask(kind: str, size: int, center: tuple[float, float], extent: float) -> np.ndarray:
+    """Boolean ``(size, size)`` mask of one shape of side ``extent`` pixels centred at ``center``."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    dy, dx, h = yy - center[0], xx - center[1], extent / 2.0
+    inside = (np.abs(dy) <= h) & (np.abs(dx) <= h)
+    if kind == "square":
+        return inside
+    if kind == "disc":
+        return dy ** 2 + dx ** 2 <= h ** 2
+    if kind == "triangle":  # apex up, base down
+        return inside & (np.abs(dx) <= (dy + h) / 2.0)
+    if kind == "cross":
+        return inside & ((np.abs(dy) <= extent / 6.0) | (np.abs(dx) <= extent / 6.0))
+    raise ValueError(f"kind must be one of {SHAPES_2D}, got {kind!r}")
+
+
+def shapes_2d(n: int, *, size: int = 64, seed: int | None = 0, noise: float = 0.35,
+              extent: tuple[int, int] = (12, 22)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` images with one shape each.
+
+    Returns:
+        x ``(n, 1, size, size)`` float32, labels ``(n,)`` int64 (index into ``SHAPES_2D``),
+        masks ``(n, size, size)`` bool (the shape's pixels).
+    """
+    _check(n, size, extent[1] + 2)
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(SHAPES_2D), n)
+    x = np.empty((n, 1, size, size), np.float32)
+    masks = np.empty((n, size, size), bool)
+    ramp = np.linspace(-1.0, 1.0, size)
+    for i, label in enumerate(labels):
+        ext = rng.uniform(*extent)
+        c = rng.uniform(ext / 2 + 1, size - ext / 2 - 1, 2)
+        masks[i] = shape_mask(SHAPES_2D[label], size, (c[0], c[1]), ext)
+        gy, gx = rng.normal(0, 0.15, 2)
+        background = rng.normal(0, 0.3) + gy * ramp[:, None] + gx * ramp[None, :]
+        img = background + rng.normal(0, noise, (size, size)) + masks[i] * rng.uniform(0.8, 1.2)
+        x[i, 0] = img
+    return x, labels.astype(np.int64), masks
+
+
+def blobs_3d(n: int, *, size: int = 32, seed: int | None = 0, noise: float = 0.35,
+             radius: tuple[float, float] = (2.5, 4.5)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` volumes with one Gaussian blob each, bright (label 0) or dark (label 1).
+
+    Returns:
+        x ``(n, 1, size, size, size)`` float32, labels ``(n,)`` int64 (index into ``BLOBS_3D``),
+        masks ``(n, size, size, size)`` bool (voxels within 1.5 radii of the centre, where the
+        blob's amplitude is above a third of its peak).
+    """
+    _check(n, size, int(4 * radius[1]) + 2)
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    grid = np.mgrid[0:size, 0:size, 0:size].astype(np.float64)
+    x = np.empty((n, 1, size, size, size), np.float32)
+    masks = np.empty((n, size, size, size), bool)
+    for i, label in enumerate(labels):
+        r = rng.uniform(*radius)
+        c = rng.uniform(2 * r, size - 2 * r, 3)
+        d2 = sum((grid[a] - c[a]) ** 2 for a in range(3))
+        blob = np.exp(-d2 / (2 * r ** 2)) * rng.uniform(1.0, 1.5) * (1.0 if label == 0 else -1.0)
+        masks[i] = d2 <= (1.5 * r) ** 2
+        x[i, 0] = blob + rng.normal(0, 0.3) + rng.normal(0, noise, (size,) * 3)
+    return x, labels.astype(np.int64), masks
