@@ -1,4 +1,5 @@
-"""ONNX graph surgery: name lookup, exposing tensors as outputs, making the batch dynamic.
+"""ONNX graph surgery: name lookup, layers, exposing tensors, dynamic batch, static shapes,
+zero probes and score heads for gradients.
 
 Every function takes an ``onnx.ModelProto`` and returns a new one; the argument is never
 modified.
@@ -6,6 +7,8 @@ modified.
 from __future__ import annotations
 
 import difflib
+import re
+from dataclasses import dataclass
 
 import onnx
 from onnx import shape_inference
@@ -94,3 +97,287 @@ def with_dynamic_batch(proto: onnx.ModelProto, batch: int) -> onnx.ModelProto:
             dims[0].dim_param = "batch"
     del out.graph.value_info[:]
     return out
+
+
+# ---------------------------------------------------------------------------- layers
+_CONV_LIKE = {"Conv", "ConvTranspose", "Relu", "Clip", "BatchNormalization", "Add", "Mul",
+              "Concat", "MaxPool", "AveragePool", "Sigmoid", "HardSigmoid", "HardSwish",
+              "LeakyRelu", "Elu", "Gelu", "PRelu", "Swish", "Identity"}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A candidate target layer: producing node, its output tensor, op type and shape
+    (ints; None where unknown) for the input shape the listing was made for."""
+
+    node: str
+    tensor: str
+    op_type: str
+    shape: tuple | None
+
+
+def _scope_paths(node_name: str) -> set[str]:
+    """Dotted module paths a node's exporter scope stands for: ``/layer4/layer4.1/relu_1/Relu``
+    → {``layer4.1.relu_1``, ``layer4.1.relu``} (scopes are attribute names or full dotted
+    paths; ``_N`` marks a repeated call of one module)."""
+    parts = [p for p in node_name.split("/") if p][:-1]
+    paths = {""}
+    for part in parts:
+        new = set()
+        for p in paths:
+            for opt in {part, re.sub(r"_\d+$", "", part)}:
+                new.add(opt if p and opt.startswith(p + ".") else f"{p}.{opt}" if p else opt)
+        paths = new
+    return paths - {""}
+
+
+def resolve_layer(proto: onnx.ModelProto, name: str) -> str:
+    """Tensor name of a target layer given as tensor name, node name or dotted module path.
+
+    A module path (``layer4``, ``class_layers.relu``, ``_conv_head``) means the output of the
+    last node inside that module's exporter scope, the tensor a PyTorch forward hook on the
+    module sees. Unknown names raise ``ValueError`` listing the closest real names; BatchNorm
+    folded into a Conv by the exporter has no tensor of its own (the error says so).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a layer must be a non-empty string, got {name!r}")
+    names = tensor_names(proto)
+    if name in names:
+        return name
+    for node in proto.graph.node:
+        if node.name == name and node.output:
+            return node.output[0]
+    module = name.strip("/").replace("/", ".")
+    last = None
+    for node in proto.graph.node:
+        if node.output and any(p == module or p.startswith(module + ".")
+                               for p in _scope_paths(node.name)):
+            last = node
+    if last is not None:
+        return last.output[0]
+    near = closest_names(name, names + [n.name for n in proto.graph.node if n.name])
+    hint = (" (the exporter folds BatchNorm into the preceding Conv, so a BatchNorm module has "
+            "no tensor of its own: use the Conv or the activation after it)"
+            if re.search(r"(bn|norm)", name, re.I) else "")
+    raise ValueError(f"no tensor, node or module named {name!r} in the model{hint}; "
+                     f"closest names: {near}")
+
+
+def layers(proto: onnx.ModelProto, input_shapes: dict[str, tuple] | None = None) -> list[Layer]:
+    """Candidate target layers: float node outputs, 4D/5D conv-like ones first (graph order
+    within each group). ``input_shapes`` (name → shape) fixes free input dims for the shapes."""
+    shaped = proto
+    if input_shapes:
+        try:
+            shaped = static_shapes(proto, input_shapes)
+        except Exception:  # listing is best effort: keep shapes unknown
+            shaped = proto
+    infos = _inferred_value_infos(shaped)
+    out = []
+    for node in proto.graph.node:
+        if not node.output or not node.output[0] or node.op_type in ("Constant", "Shape"):
+            continue
+        info = infos.get(node.output[0])
+        tt = info.type.tensor_type if info is not None else None
+        if tt is not None and tt.elem_type and tt.elem_type not in _FLOATS:
+            continue
+        shape = (tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+                 if tt is not None and tt.HasField("shape") else None)
+        out.append(Layer(node.name, node.output[0], node.op_type, shape))
+    conv_like = [l for l in out if l.shape is not None and len(l.shape) in (4, 5)
+                 and l.op_type in _CONV_LIKE]
+    return conv_like + [l for l in out if l not in conv_like]
+
+
+# ---------------------------------------------------------------------------- static shapes
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+           onnx.TensorProto.BFLOAT16)
+
+
+def _shape_of(value: onnx.ValueInfoProto) -> tuple | None:
+    tt = value.type.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                 for d in tt.shape.dim)
+
+
+def static_shapes(proto: onnx.ModelProto, input_shapes: dict[str, tuple]) -> onnx.ModelProto:
+    """Copy of ``proto`` with the given inputs fixed to concrete shapes and every tensor's
+    shape inferred into ``value_info`` (ONNX inference, then ONNX Runtime's symbolic
+    inference for what it leaves unknown, e.g. exporter-computed Pads).
+
+    Raises ``ValueError`` for a shape that contradicts the model's declared one.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    inits = {i.name for i in out.graph.initializer}
+    for value in out.graph.input:
+        if value.name in inits or value.name not in input_shapes:
+            continue
+        shape = tuple(int(s) for s in input_shapes[value.name])
+        declared = _shape_of(value)
+        if declared is not None and (len(declared) != len(shape) or any(
+                d is not None and d != s for d, s in zip(declared, shape))):
+            raise ValueError(f"input {value.name!r} has shape {declared}; cannot fix it to {shape}")
+        dims = value.type.tensor_type.shape
+        dims.Clear()
+        for s in shape:
+            dims.dim.add().dim_value = s
+    for value in out.graph.output:  # the batch may be pinned differently there
+        value.type.tensor_type.ClearField("shape")
+    del out.graph.value_info[:]
+    try:
+        inferred = shape_inference.infer_shapes(out, strict_mode=False, data_prop=True)
+    except Exception:
+        inferred = out
+    if _unknown_shapes(inferred):
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+        try:
+            symbolic = SymbolicShapeInference.infer_shapes(out, auto_merge=True)
+        except Exception:
+            symbolic = None
+        if symbolic is not None and len(_unknown_shapes(symbolic)) < len(_unknown_shapes(inferred)):
+            inferred = symbolic
+    unknown = _unknown_shapes(inferred)
+    if unknown:  # last resort: one run on zeros tells the shapes at these input shapes
+        inferred = _shapes_by_running(inferred, input_shapes, unknown)
+    return inferred
+
+
+def _shapes_by_running(proto: onnx.ModelProto, input_shapes: dict[str, tuple],
+                       names: list[str]) -> onnx.ModelProto:
+    """``proto`` with the shapes of ``names`` recorded from one ONNX Runtime run on zeros."""
+    import numpy as np
+    import onnxruntime as ort
+
+    probe = expose_tensors(proto, names)
+    inits = {i.name for i in proto.graph.initializer}
+    feeds = {}
+    for value in proto.graph.input:
+        if value.name in inits:
+            continue
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        feeds[value.name] = np.zeros(input_shapes.get(value.name) or _shape_of(value), dtype)
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        values = session.run(names, feeds)
+    except Exception:  # shapes stay unknown; the caller reports what needs them
+        return proto
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    types = tensor_types(proto)
+    known = {v.name for v in out.graph.value_info}
+    for name, value in zip(names, values):
+        info = onnx.helper.make_tensor_value_info(
+            name, types.get(name, onnx.helper.np_dtype_to_tensor_dtype(value.dtype)), value.shape)
+        if name in known:
+            next(v for v in out.graph.value_info if v.name == name).CopyFrom(info)
+        else:
+            out.graph.value_info.append(info)
+    try:
+        return shape_inference.infer_shapes(out, strict_mode=False, data_prop=True)
+    except Exception:
+        return out
+
+
+def _unknown_shapes(proto: onnx.ModelProto) -> list[str]:
+    """Float tensors produced by nodes whose shape is not fully static."""
+    known = {v.name: v for v in list(proto.graph.value_info) + list(proto.graph.output)}
+    missing = []
+    for node in proto.graph.node:
+        for name in node.output:
+            value = known.get(name)
+            if not name:
+                continue
+            if value is None:
+                missing.append(name)
+                continue
+            tt = value.type.tensor_type
+            shape = _shape_of(value)
+            if tt.elem_type in _FLOATS and (shape is None or None in shape):
+                missing.append(name)
+    return missing
+
+
+def tensor_shapes(proto: onnx.ModelProto) -> dict[str, tuple]:
+    """Name → static shape of every tensor whose shape ``proto`` declares fully."""
+    shapes = {i.name: tuple(i.dims) for i in proto.graph.initializer}
+    for value in list(proto.graph.input) + list(proto.graph.value_info) + list(proto.graph.output):
+        shape = _shape_of(value)
+        if shape is not None and None not in shape:
+            shapes[value.name] = shape
+    return shapes
+
+
+def tensor_types(proto: onnx.ModelProto) -> dict[str, int]:
+    """Name → ONNX element type of every tensor ``proto`` declares."""
+    types = {i.name: i.data_type for i in proto.graph.initializer}
+    for value in list(proto.graph.input) + list(proto.graph.value_info) + list(proto.graph.output):
+        if value.type.tensor_type.elem_type:
+            types[value.name] = value.type.tensor_type.elem_type
+    return types
+
+
+# ---------------------------------------------------------------------------- probes and heads
+def add_probe(proto: onnx.ModelProto, tensor: str, probe: str, pre: str) -> onnx.ModelProto:
+    """Copy of ``proto`` where ``tensor`` is recomputed as ``pre + probe``.
+
+    The producer of ``tensor`` now writes ``pre``; a new float graph input ``probe`` (same
+    shape, fed with zeros) is added right after it, so the graph stays sorted and
+    d(score)/d(tensor) = d(score)/d(probe). ``pre`` holds the activation itself.
+    Needs the static shape of ``tensor`` (see ``static_shapes``).
+    """
+    shapes, types = tensor_shapes(proto), tensor_types(proto)
+    if tensor not in shapes:
+        raise ValueError(f"the shape of tensor {tensor!r} is unknown; fix the input shapes first")
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    g = out.graph
+    index = next((i for i, n in enumerate(g.node) if tensor in n.output), None)
+    if index is None:
+        raise ValueError(f"tensor {tensor!r} is not produced by a node (graph inputs are "
+                         "differentiated directly)")
+    producer = g.node[index]
+    producer.output[list(producer.output).index(tensor)] = pre
+    g.node.insert(index + 1, onnx.helper.make_node("Add", [pre, probe], [tensor],
+                                                   name=f"{probe}/Add"))
+    elem = types.get(tensor, onnx.TensorProto.FLOAT)
+    g.input.append(onnx.helper.make_tensor_value_info(probe, elem, list(shapes[tensor])))
+    g.value_info.append(onnx.helper.make_tensor_value_info(pre, elem, list(shapes[tensor])))
+    return out
+
+
+def add_score_head(proto: onnx.ModelProto, output: str, weights: str, score: str) -> onnx.ModelProto:
+    """Copy of ``proto`` with a new input ``weights`` shaped like ``output`` and a new scalar
+    output ``score = sum(output * weights)``.
+
+    With one-hot weights per sample (times a spatial region mask for segmentation) the
+    gradient of ``score`` is, sample by sample, the gradient of each sample's own target.
+    """
+    shapes, types = tensor_shapes(proto), tensor_types(proto)
+    if output not in shapes:
+        raise ValueError(f"the shape of output {output!r} is unknown; fix the input shapes first")
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    g = out.graph
+    elem = types.get(output, onnx.TensorProto.FLOAT)
+    weighted = f"{score}/weighted"
+    g.node.extend([onnx.helper.make_node("Mul", [output, weights], [weighted], name=f"{score}/Mul"),
+                   onnx.helper.make_node("ReduceSum", [weighted], [score], keepdims=0,
+                                         name=f"{score}/ReduceSum")])
+    g.input.append(onnx.helper.make_tensor_value_info(weights, elem, list(shapes[output])))
+    g.output.append(onnx.helper.make_tensor_value_info(score, elem, []))
+    return out
+
+
+def depends_on(proto: onnx.ModelProto, sources: list[str], target: str,
+               float_only: bool = True) -> bool:
+    """Whether ``target`` is computed from any of ``sources`` through float tensors."""
+    types = tensor_types(proto)
+    live = set(sources)
+    for node in proto.graph.node:
+        if live.intersection(node.input):
+            live.update(o for o in node.output if o and (
+                not float_only or types.get(o, onnx.TensorProto.FLOAT) in _FLOATS))
+    return target in live

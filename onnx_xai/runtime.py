@@ -266,6 +266,18 @@ class Model:
             raise OnnxXaiError("models over 2 GB with external data must be loaded from their path")
         return ort.InferenceSession(data, options, providers=providers)
 
+    def layers(self, input_shape: Sequence[int] | None = None) -> list[graph.Layer]:
+        """Candidate target layers (node, tensor, op type, shape), conv-like 4D/5D outputs first.
+
+        Shapes are for one sample of the explained input (``input_shape``, per-sample
+        ``(C, H, W[, D])``, where the model's input has free spatial dims).
+        """
+        proto = self.require_proto("listing layers")
+        shape = tuple(input_shape) if input_shape is not None else self.input.shape[1:]
+        shapes = {self.input_name: (1,) + tuple(shape)} if all(
+            isinstance(d, int) for d in shape) else None
+        return graph.layers(proto, shapes)
+
     def with_outputs(self, names: Sequence[str]) -> "Model":
         """A Model of the same graph that also returns the tensors ``names`` (cached).
 

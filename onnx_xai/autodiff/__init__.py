@@ -1,0 +1,293 @@
+"""autodiff: gradient models built once from a rewritten graph, run many times.
+
+``gradient_model(model, wrt, ...)`` returns a ``GradientModel`` (cached on the ``Model`` and
+on disk); ``GradientModel.run(x, class_idx)`` returns the model outputs, the activations of
+the target layers and the gradients of each sample's target score w.r.t. the input and/or
+layers, from one ONNX Runtime run:
+
+    gm = gradient_model(model, ["x", "layer4"], batch_size=8)
+    res = gm.run(x, class_idx=[3, 1, ...])
+    res["gradients"]["layer4"], res["activations"]["layer4"], res["outputs"]["y"]
+
+Backends: ``"portable"`` (onnx-ad, plain ONNX ops on any ORT build and execution provider),
+``"ort-training"`` (onnxruntime-training's GradientGraphBuilder, when it is the installed
+onnxruntime), ``"auto"`` (ort-training when present, else portable).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+
+from .. import graph
+from ..errors import UnsupportedModelError
+from . import cache, ort_training, portable
+
+__all__ = ["GradientModel", "gradient_model", "gradients", "available_backends", "BACKENDS"]
+BACKENDS = ("auto", "portable", "ort-training")
+WEIGHTS = "__xai_target_weights"
+SCORE = "__xai_score"
+_META = "onnx_xai.gradient_spec"
+
+
+def available_backends() -> list[str]:
+    """Backends usable with the installed onnxruntime (``"portable"`` always is)."""
+    return ["portable"] + (["ort-training"] if ort_training.available() else [])
+
+
+def _backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    if name == "auto":
+        return "ort-training" if ort_training.available() else "portable"
+    if name == "ort-training" and not ort_training.available():
+        raise ValueError("backend='ort-training' needs onnxruntime-training installed in place "
+                         "of onnxruntime (pip install onnxruntime-training); use 'portable'")
+    return name
+
+
+@dataclass(frozen=True)
+class _Spec:
+    sources: dict  # wrt name as given → graph input carrying the gradient (input or probe)
+    layers: dict   # wrt name as given → activation output (layers only)
+    outputs: tuple  # model outputs returned by run()
+    grads: dict    # graph source → gradient output
+    seed: str | None
+
+
+class GradientModel:
+    """A gradient model for fixed (wrt, output, batch size, shapes, backend, guided).
+
+    Built by ``gradient_model``. ``run`` takes any number of samples (split / padded to the
+    built batch size). Gradients are of ``score_b = sum(output[b] * weights[b])``, by default
+    the raw output ``output[b, class_idx[b]]`` (summed over ``region`` for dense outputs).
+    """
+
+    def __init__(self, model, proto: onnx.ModelProto, spec: _Spec, batch_size: int,
+                 shapes: dict[str, tuple], output: str, backend: str) -> None:
+        self.model, self.proto, self.spec = model, proto, spec
+        self.batch_size, self.shapes, self.output, self.backend = batch_size, shapes, output, backend
+        self.session = model._new_session(proto)
+        self._zeros = {src: np.zeros(shapes[src], np.float32) for name, src in spec.sources.items()
+                       if name in spec.layers}
+
+    @property
+    def output_shape(self) -> tuple:
+        """Shape of the target output for one built batch, ``(B, K, ...)``."""
+        return self.shapes[WEIGHTS]
+
+    def target_weights(self, class_idx: Any, n: int, region: np.ndarray | None = None) -> np.ndarray:
+        """``(n, K, ...)`` weights: one-hot ``class_idx`` (int or ``(n,)``) times ``region``
+        (``(*spatial)`` or ``(n, *spatial)`` of the output, dense outputs only)."""
+        shape = (n,) + self.output_shape[1:]
+        idx = np.asarray(class_idx)
+        if idx.ndim > 1 or idx.size not in (1, n) or idx.dtype.kind not in "iu":
+            raise ValueError(f"class_idx must be an int or {n} ints, got {class_idx!r}")
+        idx = np.broadcast_to(idx.reshape(-1), (n,))
+        if ((idx < 0) | (idx >= shape[1])).any():
+            raise ValueError(f"class_idx {idx.tolist()} out of range for output {self.output!r} "
+                             f"with {shape[1]} classes")
+        w = np.zeros(shape, np.float32)
+        w[np.arange(n), idx] = 1.0
+        if region is not None:
+            region = np.asarray(region, np.float32)
+            if len(shape) < 3 or region.shape not in (shape[2:], (n,) + shape[2:]):
+                raise ValueError(f"region must have shape {shape[2:]} or {(n,) + shape[2:]} "
+                                 f"(the spatial dims of output {self.output!r}), got {region.shape}")
+            w *= region[:, None] if region.shape[0] == n and region.ndim == len(shape) - 1 else region
+        return w
+
+    def run(self, x: np.ndarray, class_idx: Any = None, *, region: np.ndarray | None = None,
+            target_weights: np.ndarray | None = None,
+            extra_inputs: dict[str, Any] | None = None) -> dict[str, dict[str, np.ndarray]]:
+        """Outputs, activations and gradients for ``x`` ``(N, ...)``.
+
+        Args:
+            class_idx: int or ``(N,)`` ints (0-based); None: each sample's argmax class.
+            region: optional spatial mask of a dense output (segmentation).
+            target_weights: ``(N, *output.shape[1:])`` weights replacing class_idx/region.
+            extra_inputs: the model's other inputs (see ``Model.predict``).
+        Returns:
+            ``{"outputs": {name: (N, ...)}, "activations": {layer: (N, ...)},
+            "gradients": {wrt: (N, ...)}}``, gradients shaped like the input / activation.
+        """
+        x = self.model.check_input(x)
+        if tuple(x.shape[1:]) != tuple(self.shapes[self.model.input_name][1:]):
+            raise ValueError(f"this gradient model was built for samples of shape "
+                             f"{self.shapes[self.model.input_name][1:]}, got {x.shape[1:]}")
+        extra = _check_extra(self.model, extra_inputs)
+        n, b = x.shape[0], self.batch_size
+        if target_weights is None:
+            if class_idx is None:
+                logits = self.model.predict(x, outputs=self.output, batch_size=b, verbose=False,
+                                            extra_inputs=extra_inputs)
+                class_idx = logits.reshape(n, logits.shape[1], -1).max(-1).argmax(1)
+            target_weights = self.target_weights(class_idx, n, region)
+        target_weights = np.asarray(target_weights, np.float32)
+        if target_weights.shape != (n,) + self.output_shape[1:]:
+            raise ValueError(f"target_weights must have shape {(n,) + self.output_shape[1:]}, "
+                             f"got {target_weights.shape}")
+        parts = [self._run_batch(x[s:s + b], target_weights[s:s + b], extra, n, s)
+                 for s in range(0, n, b)]
+        return {kind: {k: np.concatenate([p[kind][k] for p in parts]) for k in parts[0][kind]}
+                for kind in ("outputs", "activations", "gradients")}
+
+    def _run_batch(self, x, w, extra, n_total, start):
+        m, b = x.shape[0], self.batch_size
+        if m < b:  # static batch: pad with copies of the last sample, drop them after
+            x = np.concatenate([x, np.repeat(x[-1:], b - m, 0)])
+            w = np.concatenate([w, np.zeros((b - m,) + w.shape[1:], w.dtype)])
+        feeds = {self.model.input_name: x, WEIGHTS: w, **self._zeros}
+        for name, value in extra.items():
+            feeds[name] = self.model._batch_extra(name, value, m, n_total, start)
+            if feeds[name].shape[:1] == (m,) and m < b:
+                feeds[name] = np.concatenate([feeds[name], np.repeat(feeds[name][-1:], b - m, 0)])
+        if self.spec.seed:
+            feeds[self.spec.seed] = np.ones(1, np.float32)
+        sp = self.spec
+        names = list(sp.outputs) + list(sp.layers.values()) + [sp.grads[s] for s in sp.sources.values()]
+        got = dict(zip(names, self.model._run(self.session, feeds, names)))
+        grads = {k: got[sp.grads[s]].reshape(self.shapes[s])[:m] for k, s in sp.sources.items()}
+        return {"outputs": {o: got[o][:m] for o in sp.outputs},
+                "activations": {k: got[v][:m] for k, v in sp.layers.items()},
+                "gradients": grads}
+
+
+def _check_extra(model, extra):
+    check = getattr(model, "check_extra_inputs", None) or model._check_extra
+    return check(extra)
+
+
+def _input_shapes(model, batch_size: int, input_shape: Sequence[int] | None,
+                  extra_shapes: dict | None) -> dict[str, tuple]:
+    shapes = {}
+    for info in model.inputs:
+        given = (input_shape if info.name == model.input_name else (extra_shapes or {}).get(info.name))
+        if given is not None:
+            shape = (batch_size,) + tuple(int(s) for s in given)
+        else:
+            shape = (batch_size,) + tuple(info.shape[1:])
+        if len(shape) != len(info.shape) or not all(isinstance(s, int) and s > 0 for s in shape):
+            raise ValueError(f"input {info.name!r} is {info.describe()}: give its per-sample shape "
+                             f"({'input_shape' if info.name == model.input_name else 'extra_shapes'})")
+        shapes[info.name] = shape
+    return shapes
+
+
+def gradient_model(model, wrt: str | Sequence[str] | None = None, *, output: str | None = None,
+                   batch_size: int = 1, input_shape: Sequence[int] | None = None,
+                   extra_shapes: dict[str, Sequence[int]] | None = None, backend: str = "auto",
+                   guided: bool = False, use_cache: bool = True) -> GradientModel:
+    """Build (or fetch from the Model / disk cache) a gradient model.
+
+    Args:
+        model: a ``Model`` (or anything ``Model`` accepts).
+        wrt: names to differentiate w.r.t.: the explained input's name and/or target layers
+            (tensor, node or dotted module name, see ``graph.resolve_layer``); default: the input.
+        output: the model output the target score is read from (default: the first).
+        batch_size: the static batch of the built graph; ``run`` splits and pads to it.
+        input_shape: per-sample shape ``(C, H, W[, D])`` where the model's input has free dims.
+        backend: ``"auto"``, ``"portable"`` or ``"ort-training"``.
+        guided: guided-backprop rule on ReLU and Clip(0, max) (ReLU6).
+    """
+    from ..runtime import Model
+
+    model = model if isinstance(model, Model) else Model(model)
+    proto = model.require_proto("gradients")
+    wrt = [model.input_name] if wrt is None else [wrt] if isinstance(wrt, str) else list(wrt)
+    if not wrt or len(set(wrt)) != len(wrt) or not all(isinstance(w, str) for w in wrt):
+        raise ValueError(f"wrt must be distinct names of the input and/or layers, got {wrt!r}")
+    output = model._check_outputs(output)[0]
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    backend = _backend(backend)
+    shapes = _input_shapes(model, int(batch_size), input_shape, extra_shapes)
+    key = (tuple(wrt), output, tuple(sorted(shapes.items())), backend, bool(guided))
+    memo = model.__dict__.setdefault("_gradient_models", {})
+    if key not in memo:
+        memo[key] = _build(model, proto, wrt, output, shapes, backend, bool(guided), use_cache)
+    return memo[key]
+
+
+def gradients(model, x: np.ndarray, wrt: str | Sequence[str] | None = None,
+              class_idx: Any = None, *, batch_size: int = 8, **options) -> dict:
+    """One-shot ``gradient_model(model, wrt, ...).run(x, class_idx)`` (see both)."""
+    run_keys = ("region", "target_weights", "extra_inputs")
+    run_args = {k: options.pop(k) for k in run_keys if k in options}
+    from ..runtime import Model
+
+    model = model if isinstance(model, Model) else Model(model)
+    x = model.check_input(x)
+    gm = gradient_model(model, wrt, batch_size=min(batch_size, x.shape[0]),
+                        input_shape=options.pop("input_shape", x.shape[1:]), **options)
+    return gm.run(x, class_idx, **run_args)
+
+
+def _prepare(model, proto, wrt, output, shapes):
+    """Static shapes, probes on layers, score head; (proto, sources, layers)."""
+    static = graph.static_shapes(proto, shapes)
+    sources, layers = {}, {}
+    input_type = graph.tensor_types(static).get(model.input_name)
+    for name in wrt:
+        if name == model.input_name:
+            if input_type not in graph._FLOATS:
+                raise UnsupportedModelError(
+                    f"input {name!r} is not floating point: an integer/quantized input has no "
+                    "gradient; export a float model")
+            sources[name] = name
+            continue
+        tensor = graph.resolve_layer(static, name)
+        if graph.tensor_types(static).get(tensor) not in graph._FLOATS:
+            raise UnsupportedModelError(f"layer {name!r} (tensor {tensor!r}) is not floating "
+                                        "point (quantized?): it has no gradient")
+        probe, act = f"{tensor}__xai_probe", f"{tensor}__xai_act"
+        if probe in sources.values():
+            raise ValueError(f"wrt names {wrt} name the same tensor {tensor!r} twice")
+        static = graph.add_probe(static, tensor, probe, act)
+        sources[name], layers[name] = probe, act
+    static = graph.add_score_head(static, output, WEIGHTS, SCORE)
+    for name, src in sources.items():
+        if not graph.depends_on(static, [src], SCORE):
+            what = "input" if src == name else "layer"
+            raise (UnsupportedModelError if what == "input" else ValueError)(
+                f"output {output!r} does not depend on {what} {name!r} through floating-point "
+                "operations" + (" (a quantized/integer model has no float path to its input)"
+                                if what == "input" else "; choose a layer before the output"))
+    # expose activations; keep the model outputs and the score
+    for act in layers.values():
+        static.graph.output.append(onnx.helper.make_tensor_value_info(act, onnx.TensorProto.FLOAT, None))
+    return static, sources, layers
+
+
+def _build(model, proto, wrt, output, shapes, backend, guided, use_cache) -> GradientModel:
+    static, sources, layers = _prepare(model, proto, wrt, output, shapes)
+    all_shapes = graph.tensor_shapes(static)
+    run_shapes = {s: all_shapes[s] for s in sources.values()} | {WEIGHTS: all_shapes[WEIGHTS]}
+    run_shapes.update(shapes)
+    digest = None
+    if use_cache:
+        digest = cache.key(model=model.digest, backend=backend, wrt=wrt, output=output,
+                           shapes=sorted(shapes.items()), guided=guided)
+        built = cache.load(digest)
+        if built is not None:
+            meta = next((p.value for p in built.metadata_props if p.key == _META), None)
+            if meta is not None:
+                m = json.loads(meta)
+                spec = _Spec(sources, layers, tuple(model.output_names), m["grads"], m["seed"])
+                return GradientModel(model, built, spec, shapes[model.input_name][0],
+                                     run_shapes, output, backend)
+    srcs = list(sources.values())
+    if backend == "portable":
+        built, grads, seed = portable.build(static, srcs, SCORE, guided=guided)
+    else:
+        built, grads = ort_training.build(static, srcs, SCORE, guided=guided,
+                                          keep=list(model.output_names) + list(layers.values()))
+        seed = None
+    spec = _Spec(sources, layers, tuple(model.output_names), grads, seed)
+    if digest is not None:
+        onnx.helper.set_model_props(built, {_META: json.dumps({"grads": grads, "seed": seed})})
+        cache.store(digest, built)
+    return GradientModel(model, built, spec, shapes[model.input_name][0], run_shapes, output, backend)

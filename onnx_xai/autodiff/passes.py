@@ -1,0 +1,187 @@
+"""Optimisation passes for gradient models (onnx-ad output run by ONNX Runtime).
+
+Each pass takes a model with static shapes and returns a new, equivalent one; ``optimize``
+runs them all. Found with ORT's profiler on EfficientNet-Lite0 (see benchmarks/gradients.py):
+``Where(mask, g, 0)`` is slow in ORT, dead adjoints of constants are still run, and stride-1
+ConvTranspose is much slower than the equivalent Conv.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from onnx_ad._graph import node_reads
+
+from .. import graph as _graph
+
+
+def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    return out
+
+
+def _constants(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
+    values = {t.name: t for t in proto.graph.initializer}
+    out = {name: numpy_helper.to_array(t) for name, t in values.items()}
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            out[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return out
+
+
+def _fresh(proto: onnx.ModelProto, stem: str, taken: set[str]) -> str:
+    i = len(taken)
+    while f"{stem}_{i}" in taken:
+        i += 1
+    taken.add(f"{stem}_{i}")
+    return f"{stem}_{i}"
+
+
+def _all_names(proto: onnx.ModelProto) -> set[str]:
+    names = set(_graph.tensor_names(proto)) | {t.name for t in proto.graph.initializer}
+    return names | {n.name for n in proto.graph.node}
+
+
+def where_to_mul(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``Where(c, g, 0)`` → ``Mul(g, Cast(c))`` and ``Where(c, 0, g)`` → ``Mul(g, Cast(Not(c)))``
+    for a scalar zero constant (the ReLU/Clip adjoints). Same values for finite ``g``."""
+    consts = _constants(proto)
+    shapes = _graph.tensor_shapes(proto)
+    out = _copy(proto)
+    taken = _all_names(out)
+    nodes = []
+    for node in out.graph.node:
+        zero_at = [i for i in (1, 2) if node.op_type == "Where" and node.input[i] in consts
+                   and consts[node.input[i]].size == 1 and consts[node.input[i]].ndim <= 1
+                   and float(consts[node.input[i]].reshape(())) == 0.0
+                   and consts[node.input[i]].dtype.kind == "f"]
+        cond, ranks = node.input[0] if node.op_type == "Where" else "", []
+        if zero_at and len(zero_at) == 1:
+            g = node.input[3 - zero_at[0]]
+            ranks = [len(shapes[t]) for t in (cond, g, node.output[0]) if t in shapes]
+        if len(ranks) != 3 or max(ranks[:2]) != ranks[2]:
+            nodes.append(node)
+            continue
+        zero = consts[node.input[zero_at[0]]]
+        if zero_at[0] == 1:  # the gradient flows where the condition is false
+            negated = _fresh(out, "where_not", taken)
+            nodes.append(helper.make_node("Not", [cond], [negated], name=negated))
+            cond = negated
+        mask = _fresh(out, "where_mask", taken)
+        nodes.append(helper.make_node("Cast", [cond], [mask], name=mask,
+                                      to=helper.np_dtype_to_tensor_dtype(zero.dtype)))
+        nodes.append(helper.make_node("Mul", [g, mask], list(node.output), name=node.name))
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
+def dead_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop nodes none of whose outputs reach a graph output, and unused initializers."""
+    out = _copy(proto)
+    needed = {o.name for o in out.graph.output}
+    kept = []
+    for node in reversed(out.graph.node):
+        if needed.intersection(node.output):
+            kept.append(node)
+            needed |= node_reads(node)
+    del out.graph.node[:]
+    out.graph.node.extend(reversed(kept))
+    inits = [t for t in out.graph.initializer if t.name in needed]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(inits)
+    used = {v.name for v in out.graph.value_info} & needed
+    infos = [v for v in out.graph.value_info if v.name in used]
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(infos)
+    return out
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def conv_transpose_to_conv(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Stride-1 ``ConvTranspose`` with a constant kernel → ``Conv`` with the kernel flipped,
+    its in/out channels swapped per group, and the pads mirrored (``k_eff - 1 - pad``)."""
+    consts = {t.name: t for t in proto.graph.initializer}
+    shapes = _graph.tensor_shapes(proto)
+    out = _copy(proto)
+    taken = _all_names(out)
+    for node in out.graph.node:
+        if node.op_type != "ConvTranspose" or node.input[1] not in consts:
+            continue
+        w = numpy_helper.to_array(consts[node.input[1]])
+        k = list(w.shape[2:])
+        n = len(k)
+        strides = list(_attr(node, "strides", [1] * n))
+        dil = list(_attr(node, "dilations", [1] * n))
+        out_pad = list(_attr(node, "output_padding", [0] * n))
+        auto_pad = _attr(node, "auto_pad", b"NOTSET")
+        if any(s != 1 for s in strides) or any(out_pad) or auto_pad not in (b"NOTSET", "NOTSET"):
+            continue
+        keff = [(kk - 1) * d + 1 for kk, d in zip(k, dil)]
+        target = _attr(node, "output_shape")
+        if target is not None:
+            if node.input[0] not in shapes:
+                continue
+            size = shapes[node.input[0]][2:]
+            total = [(s - 1) + ke - o for s, ke, o in zip(size, keff, list(target)[-n:])]
+            pads = [t - t // 2 for t in total] + [t // 2 for t in total]
+        else:
+            pads = list(_attr(node, "pads", [0] * (2 * n)))
+        mirrored = [keff[i % n] - 1 - p for i, p in enumerate(pads)]
+        if any(q < 0 for q in mirrored):
+            continue
+        group = int(_attr(node, "group", 1))
+        cin, cout_g = w.shape[0], w.shape[1]
+        flipped = (w.reshape(group, cin // group, cout_g, *k).swapaxes(1, 2)
+                   .reshape(group * cout_g, cin // group, *k))
+        flipped = np.ascontiguousarray(np.flip(flipped, axis=tuple(range(2, 2 + n))))
+        name = _fresh(out, node.input[1] + "_flipped", taken)
+        out.graph.initializer.append(numpy_helper.from_array(flipped, name))
+        conv = helper.make_node("Conv", [node.input[0], name] + list(node.input[2:]),
+                                list(node.output), name=node.name, group=group,
+                                dilations=dil, pads=mirrored, kernel_shape=k, strides=strides)
+        node.CopyFrom(conv)
+    return dead_nodes(out)
+
+
+def seed_transposes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A ``Transpose`` that only moves size-1 axes (onnx-ad's seed axis, always 1 here) keeps
+    the memory order: replace it by a ``Reshape`` to its static output shape."""
+    shapes = _graph.tensor_shapes(proto)
+    out = _copy(proto)
+    taken = _all_names(out)
+    for node in out.graph.node:
+        if node.op_type != "Transpose" or node.input[0] not in shapes:
+            continue
+        shape = shapes[node.input[0]]
+        perm = list(_attr(node, "perm", list(range(len(shape)))[::-1]))
+        moved = [a for a in perm if shape[a] != 1]
+        if moved != sorted(moved):
+            continue
+        target = [shape[a] for a in perm]
+        name = _fresh(out, "transpose_shape", taken)
+        out.graph.initializer.append(numpy_helper.from_array(np.array(target, np.int64), name))
+        node.CopyFrom(helper.make_node("Reshape", [node.input[0], name], list(node.output),
+                                       name=node.name))
+    return out
+
+
+PASSES = (dead_nodes, where_to_mul, conv_transpose_to_conv, seed_transposes)
+
+
+def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` with every tensor shape inferred (inputs must be static)."""
+    shapes = {v.name: _graph._shape_of(v) for v in proto.graph.input}
+    return _graph.static_shapes(proto, {k: v for k, v in shapes.items()
+                                        if v is not None and None not in v})
+
+
+def optimize(proto: onnx.ModelProto, passes=PASSES) -> onnx.ModelProto:
+    """Run ``passes`` in order, re-inferring shapes before each."""
+    for p in passes:
+        proto = p(infer(proto))
+    return proto
