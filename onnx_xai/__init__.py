@@ -3,11 +3,12 @@ from .errors import DeviceError, OnnxXaiError, UnsupportedModelError
 from .runtime import Model, TensorInfo, cuda_status, sigmoid, softmax
 from . import visualize
 from .methods.occlusion import OcclusionSensitivity
+from .matlab import occlusion_sensitivity
 from . import metrics, synthetic
 from .methods.rise import RISE
 
 __all__ = [
-    "Model", "TensorInfo", "OcclusionSensitivity", "cuda_status", "softmax", "sigmoid",
+    "Model", "TensorInfo", "OcclusionSensitivity", "occlusion_sensitivity", "cuda_status", "softmax", "sigmoid",
     "OnnxXaiError", "UnsupportedModelError", "DeviceError",
     "RISE", "metrics", "synthetic",
 ]

@@ -85,6 +85,8 @@ class OcclusionSensitivity:
         * ``mode="mean_patch"`` replaces the patch by its mean, as documented; MONAI 1.6
           multiplies the patch by its mean (its predictor unpacks the ``(mul, add)`` pair the
           wrong way round).
+        * a callable ``mode`` works (MONAI 1.6 raises "Shouldn't be here" for one: its
+          predictor checks the unset ``(mul, add)`` pair even when a callable replaced it).
         * an integer ``mode`` is taken as that constant (MONAI accepts only floats).
     """
 

@@ -1,0 +1,60 @@
+"""Shared helpers for the benchmark scripts: the shipped model, the cat photo, timing."""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+import numpy as np
+
+from onnx_xai import Model, assets
+from onnx_xai.preprocess import ImageSpec, read_image
+
+
+def cat_input() -> np.ndarray:
+    """The cat photo preprocessed for the shipped EfficientNet-Lite0: (1, 3, 224, 224)."""
+    path = assets.efficientnet_lite0()
+    cat = next(p for p in assets.example_images() if p.stem == "chelsea")
+    return ImageSpec.for_model(path).to_input(read_image(cat))
+
+
+def shipped_model(threads: int = 2) -> Model:
+    return Model(assets.efficientnet_lite0(), device="cpu", threads=threads, verbose=False)
+
+
+def bare_inference(model: Model, x: np.ndarray, n_images: int, batch: int) -> Callable[[], None]:
+    """A function that runs ``n_images`` copies of ``x`` through the session at ``batch``."""
+    batch_x = np.ascontiguousarray(np.repeat(x, batch, axis=0))
+    name, out = model.input_name, model.output_names[0]
+
+    def run() -> None:
+        for start in range(0, n_images, batch):
+            nb = min(batch, n_images - start)
+            model.session.run([out], {name: batch_x[:nb]})
+    return run
+
+
+def median_time(fn: Callable[[], object], repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 3) -> dict[str, float]:
+    """Median time of each function, runs interleaved so that machine load hits all alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
