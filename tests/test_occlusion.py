@@ -37,6 +37,12 @@ def densenet3d():
     return net, Model(export_onnx(net, torch.randn(2, 2, 6, 6, 6)), threads=2)
 
 
+@pytest.fixture(scope="module")
+def densenet3d_large(densenet3d):
+    net = densenet3d[0]
+    return net, Model(export_onnx(net, torch.randn(2, 2, 14, 10, 12)), threads=2)
+
+
 def _monai(net, x, b_box=None, **kwargs):
     occ = monai_vis.OcclusionSensitivity(net, verbose=False, **kwargs)
     with torch.no_grad():
@@ -78,8 +84,8 @@ def test_matches_monai_raw_and_default_activation_3d(densenet3d, activate):
 @pytest.mark.parametrize("mode, overlap, b_box", [
     ("gaussian", 0.6, None), ("mean_img", 0.25, [2, 12, -1, -1, 3, 9]), (0.0, 0.0, None),
 ])
-def test_matches_monai_larger_volume(densenet3d, mode, overlap, b_box):
-    net, model = densenet3d
+def test_matches_monai_larger_volume(densenet3d_large, mode, overlap, b_box):
+    net, model = densenet3d_large
     x = np.random.default_rng(2).random((1, 2, 14, 10, 12), dtype=np.float32)
     ref, ref_cls = _monai(net, x, b_box, mask_size=(6, 4, 5), n_batch=12, mode=mode, overlap=overlap,
                           activate=_softmax_t)
