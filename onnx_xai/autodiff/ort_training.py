@@ -7,10 +7,13 @@ environment). ``import onnxruntime.training`` imports torch, so the builder is r
 """
 from __future__ import annotations
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
+from .. import graph
 from ..errors import UnsupportedModelError
+from ..runtime import _captured_output
 
 
 def _builder():
@@ -45,15 +48,15 @@ def _guide(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 def _clip_min_zero_as_relu(proto: onnx.ModelProto) -> onnx.ModelProto:
     """For the guided rule: Clip(x, 0, max) → Min(Relu(x), max), so ORT emits a ReluGrad."""
-    consts = {t.name: t for t in proto.graph.initializer}
-    from onnx import numpy_helper
-
+    consts = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in proto.graph.node
+                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     nodes = []
     for node in out.graph.node:
         low = node.input[1] if node.op_type == "Clip" and len(node.input) > 1 else ""
-        if low in consts and float(numpy_helper.to_array(consts[low]).reshape(())) == 0.0:
+        if low in consts and consts[low].size == 1 and float(consts[low].reshape(())) == 0.0:
             relu = f"{node.output[0]}__relu"
             nodes.append(helper.make_node("Relu", [node.input[0]], [relu], name=relu))
             if len(node.input) > 2 and node.input[2]:
@@ -68,18 +71,48 @@ def _clip_min_zero_as_relu(proto: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def _batchnorm_as_affine(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Inference-mode BatchNormalization with constant statistics → ``x · scale + shift``
+    (onnxruntime-training has no gradient for BatchNormalization in inference mode)."""
+    consts = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for node in proto.graph.node:  # exporters alias shared constants through Identity
+        if node.op_type == "Identity" and node.input[0] in consts:
+            consts[node.output[0]] = consts[node.input[0]]
+    shapes = graph.tensor_shapes(proto)
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    for node in out.graph.node:
+        if (node.op_type != "BatchNormalization" or len(node.output) != 1
+                or not all(n in consts for n in node.input[1:5]) or node.input[0] not in shapes):
+            continue
+        gamma, beta, mean, var = (consts[n].astype(np.float64) for n in node.input[1:5])
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        scale = gamma / np.sqrt(var + eps)
+        shape = (-1,) + (1,) * (len(shapes[node.input[0]]) - 2)
+        names = [f"{node.name or node.output[0]}/{k}" for k in ("scale", "shift", "scaled")]
+        out.graph.initializer.extend([
+            numpy_helper.from_array(scale.astype(np.float32).reshape(shape), names[0]),
+            numpy_helper.from_array((beta - mean * scale).astype(np.float32).reshape(shape), names[1])])
+        out.graph.node.insert(list(out.graph.node).index(node), helper.make_node(
+            "Mul", [node.input[0], names[0]], [names[2]], name=names[2]))
+        node.CopyFrom(helper.make_node("Add", [names[2], names[1]], list(node.output), name=node.name))
+    return out
+
+
 def build(proto: onnx.ModelProto, sources: list[str], score: str, guided: bool,
           keep: list[str]) -> tuple[onnx.ModelProto, dict[str, str]]:
     """Gradient model of the scalar ``score`` w.r.t. the graph inputs ``sources``; outputs
     ``keep`` stay. Returns (model, source → gradient output ``<source>_grad``)."""
     builder_type = _builder()
+    proto = _batchnorm_as_affine(proto)
     if guided:
         proto = _clip_min_zero_as_relu(proto)
     try:
-        builder = builder_type(proto.SerializeToString(), set(keep) | {score}, set(sources),
-                               score)
-        builder.build()
-        built = onnx.load_from_string(builder.get_model())
+        with _captured_output():  # the builder logs to stderr at info level
+            builder = builder_type(proto.SerializeToString(), set(keep) | {score}, set(sources),
+                                   score)
+            builder.build()
+            built = onnx.load_from_string(builder.get_model())
     except Exception as exc:  # the builder reports unsupported ops as a generic RuntimeError
         raise UnsupportedModelError(f"onnxruntime-training could not build the gradient "
                                     f"graph: {exc}") from exc

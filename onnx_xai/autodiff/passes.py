@@ -170,7 +170,18 @@ def seed_transposes(proto: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-PASSES = (dead_nodes, where_to_mul, conv_transpose_to_conv, seed_transposes)
+def name_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every unnamed node a unique name (some ORT fusions name their result after the
+    fused nodes, and two unnamed ones then collide: "two nodes with same node name")."""
+    out = _copy(proto)
+    taken = {n.name for n in out.graph.node if n.name}
+    for node in out.graph.node:
+        if not node.name:
+            node.name = _fresh(out, f"grad/{node.op_type}", taken)
+    return out
+
+
+PASSES = (dead_nodes, where_to_mul, conv_transpose_to_conv, seed_transposes, name_nodes)
 
 
 def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
