@@ -63,7 +63,7 @@ def shapes_2d(n: int, *, size: int = 64, seed: int | None = 0, noise: float = 0.
     return x, labels.astype(np.int64), masks
 
 
-def blobs_3d(n: int, *, size: int = 32, seed: int | None = 0, noise: float = 0.35,
+def blobs_3d(n: int, *, size: int = 24, seed: int | None = 0, noise: float = 0.35,
              radius: tuple[float, float] = (2.5, 4.5)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` volumes with one Gaussian blob each, bright (label 0) or dark (label 1).
 

@@ -90,11 +90,48 @@ def accumulate(masks, weights, sal):
                     row[p] += wb * mb[p]
 
 
-def random_grids(rngs: tuple[np.random.Generator, np.random.Generator], n: int,
-                 grid: tuple[int, int, int], p1: float, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+class MaskBatch:
+    """Preallocated buffers and geometry for RISE masks over a ``spatial`` (2D or 3D) input.
+
+    ``fill(x, n)`` draws the next ``n`` masks (grids from one stream, shifts from another, so
+    the masks do not depend on the batch size) and returns ``x * mask`` as ``(n, C, *spatial)``;
+    ``accumulate(scores, sal)`` adds ``scores.T @ masks`` to ``sal``. Memory: about
+    ``(C + 1) · n_batch`` inputs.
+    """
+
+    def __init__(self, spatial: tuple[int, ...], channels: int, cells_per_dim: tuple[int, ...],
+                 p1: float, n_batch: int) -> None:
+        pad = 3 - len(spatial)  # 2D runs as (1, H, W)
+        self.spatial, self.p1 = tuple(spatial), p1
+        shape3 = (1,) * pad + self.spatial
+        self.grid = (1,) * pad + tuple(int(g) + 1 for g in cells_per_dim)
+        self.cells = np.asarray(shape3, np.float64) / np.asarray((1,) * pad + tuple(cells_per_dim))
+        self.masks = np.empty((n_batch, *shape3), np.float32)
+        self.batch = np.empty((n_batch, channels, self.masks[0].size), np.float32)
+        self._work2 = np.empty((n_batch, self.grid[0], self.grid[1], shape3[2]), np.float32)
+        self._work1 = np.empty((n_batch, self.grid[0], shape3[1], shape3[2]), np.float32)
+        self.reset(None)
+
+    def reset(self, seed: int | None) -> None:
+        """Restart the mask stream from ``seed`` (None: fresh randomness)."""
+        self._rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2)]
+
+    def fill(self, x: np.ndarray, n: int) -> np.ndarray:
+        """``x`` ``(C, *spatial)`` float32 times the next ``n`` masks → ``(n, C, *spatial)`` view."""
+        grids, shifts = random_grids(self._rngs, n, self.grid, self.p1, self.cells)
+        xf = np.ascontiguousarray(x.reshape(x.shape[0], -1))
+        fill_masked_batch(xf, grids, shifts, self.cells, self.masks, self.batch, self._work2, self._work1)
+        return self.batch[:n].reshape(n, x.shape[0], *self.spatial)
+
+    def accumulate(self, scores: np.ndarray, sal: np.ndarray) -> None:
+        """``sal`` ``(K, P)`` += ``scores.T`` ``(K, n)`` @ the last ``n`` masks ``(n, P)``."""
+        accumulate(self.masks.reshape(len(self.masks), -1), np.ascontiguousarray(scores, np.float64), sal)
+
+
+def random_grids(rngs: list[np.random.Generator], n: int, grid: tuple[int, int, int], p1: float,
+                 cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``n`` binary grids ``(n, *grid)`` uint8 with P(1) = p1 (from ``rngs[0]``) and shifts ``(n, 3)``
-    in ``[0, cell)``, zero along a size-1 axis (from ``rngs[1]``). Two streams, so that the masks
-    do not depend on how they are split into batches."""
+    in ``[0, cell)``, zero along a size-1 axis (from ``rngs[1]``)."""
     grids = (rngs[0].random((n, *grid)) < p1).astype(np.uint8)
     shifts = rngs[1].random((n, 3)) * np.where(np.asarray(grid) > 1, cells, 0.0)
     return grids, shifts

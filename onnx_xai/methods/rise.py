@@ -58,20 +58,12 @@ class RISE:
             raise ValueError(f"RISE takes (B, C, H, W) or (B, C, H, W, D) inputs, got shape {x.shape}")
         if len(self.cell_size) not in (1, len(spatial)):
             raise ValueError(f"cell_size needs 1 or {len(spatial)} values, got {self.cell_size}")
-        pad = 3 - len(spatial)  # 2D runs as (1, H, W)
-        grid_n = np.broadcast_to(np.asarray(self.cell_size), (len(spatial),))
-        shape3 = (1,) * pad + tuple(spatial)
-        cells = np.asarray(shape3, np.float64) / np.concatenate([np.ones(pad), grid_n])
-        grid = (1,) * pad + tuple(int(g) + 1 for g in grid_n)
         base = class_scores(self.model.predict(x, extra_inputs=extra_inputs, verbose=False),
                             self.activate, len(x))
         classes = check_index(index, base.shape[1])
-        nb, c = min(self.n_batch, self.n_masks), x.shape[1]
-        masks = np.empty((nb, *shape3), np.float32)
-        batch = np.empty((nb, c, masks[0].size), np.float32)
-        work2 = np.empty((nb, grid[0], grid[1], shape3[2]), np.float32)
-        work1 = np.empty((nb, grid[0], shape3[1], shape3[2]), np.float32)
-        flat_masks = masks.reshape(nb, -1)
+        nb = min(self.n_batch, self.n_masks)
+        masks = kernel.MaskBatch(spatial, x.shape[1], tuple(np.broadcast_to(self.cell_size, len(spatial))),
+                                 self.p1, nb)
         result = []
         show = self.model.verbose if self.verbose is None else self.verbose
         with tqdm(total=self.n_masks * len(x), unit="mask", desc="RISE", disable=not show,
@@ -79,19 +71,14 @@ class RISE:
             for item, xi in enumerate(x):
                 cls = classes if classes is not None else [int(np.argmax(base[item]))]
                 extra = _item(extra_inputs, item, len(x))
-                rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(self.seed).spawn(2)]
-                sal = np.zeros((len(cls), flat_masks.shape[1]), np.float64)
-                xi = np.ascontiguousarray(xi.reshape(c, -1))
+                masks.reset(self.seed)  # every item sees the same masks
+                sal = np.zeros((len(cls), xi[0].size), np.float64)
                 for start in range(0, self.n_masks, nb):
                     n = min(nb, self.n_masks - start)
-                    grids, shifts = kernel.random_grids(rngs, n, grid, self.p1, cells)
-                    kernel.fill_masked_batch(xi, grids, shifts, cells, masks, batch, work2, work1)
-                    raw = self.model.predict(batch[:n].reshape(n, *x.shape[1:]),
-                                             extra_inputs=extra, verbose=False)
-                    scores = class_scores(raw, self.activate, n)[:, cls]
-                    kernel.accumulate(flat_masks, np.ascontiguousarray(scores), sal)
+                    raw = self.model.predict(masks.fill(xi, n), extra_inputs=extra, verbose=False)
+                    masks.accumulate(class_scores(raw, self.activate, n)[:, cls], sal)
                     bar.update(n)
-                result.append(sal / (self.n_masks * self.p1))
+                result.append(sal / (self.n_masks * self.p1))  # E[score · M] / E[M]
         return np.stack(result).reshape(len(x), -1, *spatial).astype(np.float32)
 
 
