@@ -1,49 +1,289 @@
-"""``onnx-xai`` command line."""
+"""``onnx-xai`` command line: ``demo``, ``explain``, ``layers``, ``audit``.
+
+Exit codes: 0 success, 1 some inputs failed (listed; the rest is written), 2 bad arguments.
+"""
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import sys
+import time
+import traceback
 from pathlib import Path
 
+import cv2
 import numpy as np
+from tqdm.auto import tqdm
 
-from . import assets
-from .preprocess import ImageSpec, read_image
-from .runtime import Model, softmax
+from . import assets, cli_methods, graph
+from .audit import Config, Explainer, collect_inputs, input_keys, read_sidecar, run_audit
+from .errors import OnnxXaiError
+from .report import write_report
+from .runtime import Model
+from .visualize import write_png
 
 
-def _top_k(probs: np.ndarray, labels: list[str] | None, k: int = 5) -> list[tuple[int, str, float]]:
-    order = np.argsort(-probs)[:k]
-    return [(int(i), labels[i] if labels and i < len(labels) else str(i), float(probs[i])) for i in order]
+# ---------------------------------------------------------------------- argument helpers
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def _size(text: str) -> tuple[int, int]:
+    vals = _floats(text)
+    if len(vals) not in (1, 2) or any(v < 1 or v != int(v) for v in vals):
+        raise argparse.ArgumentTypeError(f"--size takes H,W or one size, got {text!r}")
+    return (int(vals[0]), int(vals[-1]))
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--option takes KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("running")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    g.add_argument("--threads", type=_positive, default=None, help="ONNX Runtime threads (default: all cores)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _explaining(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("explaining")
+    g.add_argument("--target", default="auto", help="class index or label to explain (default: the top class)")
+    g.add_argument("--layer", default=None, help="target layer of CAM methods (see `onnx-xai layers`)")
+    g.add_argument("--batch", type=_positive, default=None, help="perturbed inputs per inference run")
+    g.add_argument("--mask-size", type=_positive, default=None, help="occlusion window size")
+    g.add_argument("--overlap", type=float, default=None, help="occlusion window overlap in [0, 1)")
+    g.add_argument("--stride", type=_positive, default=None, help="matlab-occlusion stride")
+    g.add_argument("--n-masks", type=_positive, default=None, help="RISE masks")
+    g.add_argument("--samples", type=_positive, default=None, help="SmoothGrad samples")
+    g.add_argument("--steps", type=_positive, default=None, help="integrated-gradients steps")
+    g.add_argument("--seed", type=int, default=None, help="seed of random methods")
+    g.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="any other argument of the method's class (JSON value), repeatable")
+    g = p.add_argument_group("preprocessing (default: the model's JSON sidecar)")
+    g.add_argument("--size", type=_size, default=None, help="resize images to H,W")
+    g.add_argument("--mean", type=_floats, default=None, help="per-channel mean, e.g. 0.485,0.456,0.406")
+    g.add_argument("--std", type=_floats, default=None, help="per-channel std")
+    g.add_argument("--scale", type=float, default=None, help="pixel scale before mean/std (default 1/255)")
+    g.add_argument("--layout", choices=["nchw", "nhwc"], default=None)
+    g.add_argument("--labels", default=None, help="class names, one per line")
+
+
+def _config(args: argparse.Namespace, methods: list[str], metric_steps: int) -> Config:
+    options = {k: getattr(args, k) for k in ("layer", "batch", "mask_size", "overlap", "stride", "n_masks",
+                                             "samples", "steps", "seed")}
+    options["extra"] = dict(args.option)
+    prep = {k: getattr(args, k) for k in ("size", "mean", "std", "scale", "layout", "labels")}
+    return Config(model=str(args.model), methods=methods, options=options, target=args.target,
+                  device=args.device, threads=args.threads, prep=prep, metric_steps=metric_steps,
+                  verbose=not args.quiet, debug=args.debug)
+
+
+def _check_model(args: argparse.Namespace, methods: list[str]) -> None:
+    if not Path(args.model).is_file():
+        raise FileNotFoundError(f"no ONNX model at {str(args.model)!r}")
+    if args.overlap is not None and not 0 <= args.overlap < 1:
+        raise ValueError(f"--overlap must be in [0, 1), got {args.overlap}")
+    if args.layer and any(cli_methods.get(m).kind == "cam" for m in methods if m != "embedded"):
+        model = Model(args.model, device="cpu", verbose=False)
+        graph.resolve_layer(model.require_proto("resolving --layer"), args.layer)
+
+
+def _methods(args: argparse.Namespace, text: str | None) -> list[str]:
+    """Methods to run: ``embedded`` for an exported explainer, else the checked list."""
+    model = Model(args.model, device="cpu", verbose=False) if Path(args.model).is_file() else None
+    if model is not None and "saliency" in model.output_names:
+        if text and not args.quiet:
+            print("note: the model has a 'saliency' output; running it instead of --method", file=sys.stderr)
+        return ["embedded"]
+    if not text:
+        raise ValueError("--method is required; available: " + ", ".join(cli_methods.available()))
+    return cli_methods.parse_methods(text)
+
+
+def _report_failures(records: list[dict]) -> int:
+    failed = [r for r in records if r.get("status") != "ok"]
+    for r in failed:
+        print(f"onnx-xai: {r['input']}: {r['error']}", file=sys.stderr)
+        if r.get("traceback"):
+            print(r["traceback"], file=sys.stderr)
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Explain each input with each method; files go to --out."""
+    methods = _methods(args, args.method)
+    _check_model(args, methods)
+    files = collect_inputs(args.inputs)
+    if not files:
+        raise ValueError(f"no images or .npy files in {', '.join(args.inputs)}")
+    explainer = Explainer(_config(args, methods, args.metric_steps))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for f, key in tqdm(list(zip(files, input_keys(files))), unit="input", desc="explain",
+                       disable=args.quiet or len(files) == 1):
+        try:
+            rec = explainer.explain(f, out, prefix=f"{key}_")
+        except Exception as exc:  # reported, the other inputs go on
+            rec = {"input": str(f), "status": "error", "error": f"{type(exc).__name__}: {exc}"}
+            if args.debug:
+                rec["traceback"] = traceback.format_exc()
+        records.append(rec)
+        if rec["status"] == "ok":
+            t = rec["target"]
+            files_out = ", ".join(str(out / m["files"]["png"]) for m in rec["methods"].values())
+            print(f"{f}: {t['label']} ({t['index']}, {t['score']:.3f}) -> {files_out}")
+    return _report_failures(records)
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    """Print the candidate target layers as a table."""
+    model = Model(args.model, device="cpu", verbose=False)
+    layers = model.layers(args.shape)
+    try:
+        default = cli_methods.default_layer(model, read_sidecar(args.model))
+    except ValueError:
+        default = None
+    rows = [("", "node", "op", "shape", "tensor")] + [
+        ("*" if l.node == default else "", l.node, l.op_type,
+         "?" if l.shape is None else "x".join("?" if s is None else str(s) for s in l.shape), l.tensor)
+        for l in layers]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4])
+    print(f"\n{len(layers)} layers" + (f"; * = default CAM layer ({default})" if default else ""))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Explain every input of the folders, resumably, and write the report."""
+    methods = _methods(args, args.methods)
+    _check_model(args, methods)
+    files = collect_inputs(args.folders)
+    if not files:
+        raise ValueError(f"no images or .npy files in {', '.join(args.folders)}")
+    config = _config(args, methods, 0 if args.no_metrics else args.metric_steps)
+    Explainer(config)  # fail early on a model or preprocessing problem
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    records = run_audit(config, files, out, workers=args.workers, resume=not args.fresh,
+                        progress=not args.quiet)
+    info = {"model": str(args.model), "inputs": ", ".join(args.folders),
+            "created": datetime.datetime.now().isoformat(timespec="seconds"),
+            "wall_s": round(time.perf_counter() - t0, 2)}
+    paths = write_report(out, records, methods, info)
+    cached = sum(bool(r.get("cached")) for r in records)
+    failed = sum(r.get("status") != "ok" for r in records)
+    print(f"{len(records)} inputs ({cached} already done, {failed} failed); report: {paths['html']}")
+    return _report_failures(records)
+
+
+def _demo_picture(records: list[dict], methods: list[str], out: Path) -> np.ndarray:
+    """One row per photo: the input and each method's overlay, captioned."""
+    rows = []
+    for rec in records:
+        if rec.get("status") != "ok":
+            continue
+        base = out / rec["dir"]
+        names = [(rec["picture"], f"{rec['target']['label']} {rec['target']['score']:.2f}")]
+        names += [(rec["methods"][m]["files"]["png"], m) for m in methods]
+        tiles = []
+        for file, caption in names:
+            img = cv2.resize(cv2.imread(str(base / file)), (224, 224), interpolation=cv2.INTER_AREA)
+            strip = np.full((26, 224, 3), 255, np.uint8)
+            cv2.putText(strip, caption[:28], (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+            tiles.append(np.vstack([img, strip]))
+            tiles.append(np.full((250, 4, 3), 255, np.uint8))
+        rows.append(np.hstack(tiles[:-1]))
+    return cv2.cvtColor(np.vstack(rows), cv2.COLOR_BGR2RGB)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Top-5 labels, then explanations, for the example photos with the shipped model."""
     path = assets.efficientnet_lite0()
-    spec = ImageSpec.for_model(path)
-    model = Model(path, device=args.device, threads=args.threads)
+    methods = ["occlusion"] + [m for m in ("gradcam",) if m in cli_methods.available()]
+    config = Config(model=str(path), methods=methods, options={"mask_size": 48, "overlap": 0.5},
+                    device=args.device, threads=args.threads, metric_steps=10, verbose=False)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"model: {path.name} on {model.device}")
-    for image_path in assets.example_images():
-        image = read_image(image_path)
-        x = spec.to_input(image)
-        probs = softmax(model.predict(x))[0]
-        print(f"\n{image_path.name}: top-5")
-        for idx, label, p in _top_k(probs, spec.labels):
-            print(f"  {idx:4d}  {p:6.3f}  {label}")
-    print(f"\noutputs in {out.resolve()}")
-    return 0
+    t0 = time.perf_counter()
+    records = run_audit(config, assets.example_images(), out, resume=False, progress=not args.quiet)
+    paths = write_report(out, records, methods, {"model": path.name, "created": datetime.datetime.now()
+                                                 .isoformat(timespec="seconds")}, title="onnx-xai demo")
+    if any(r.get("status") == "ok" for r in records):
+        write_png(out / "demo.png", _demo_picture(records, methods, out))
+    print(f"model: {path.name}; methods: {', '.join(methods)}")
+    for rec in records:
+        print(f"\n{Path(rec['input']).name}: top-5")
+        for p in rec.get("prediction", []):
+            print(f"  {p['index']:4d}  {p['score']:6.3f}  {p['label']}")
+        for m, res in rec.get("methods", {}).items():
+            print(f"  {m}: {res['timings']['method_s']:.2f} s, deletion AUC {res['deletion_auc']:.3f}, "
+                  f"insertion AUC {res['insertion_auc']:.3f} -> {out / rec['dir'] / res['files']['png']}")
+    print(f"\nreport: {paths['html'].resolve()}\npicture: {(out / 'demo.png').resolve()}"
+          f"\noutputs in {out.resolve()} ({time.perf_counter() - t0:.1f} s)")
+    return _report_failures(records)
 
 
+# ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onnx-xai", description="Explain ONNX models with ONNX Runtime.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    available = ", ".join(cli_methods.available())
+
     demo = sub.add_parser("demo", help="explain the example photos with the shipped EfficientNet-Lite0")
     demo.add_argument("--out", default="onnx-xai-demo", help="output folder (default: ./onnx-xai-demo)")
-    demo.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
-    demo.add_argument("--threads", type=int, default=None)
+    _common(demo)
     demo.set_defaults(func=cmd_demo)
+
+    explain = sub.add_parser("explain", help="explain images, .npy arrays or folders of them")
+    explain.add_argument("model", help="the .onnx model")
+    explain.add_argument("inputs", nargs="+", metavar="INPUT", help="image, .npy array or folder")
+    explain.add_argument("--method", default=None, help=f"comma-separated: {available}")
+    explain.add_argument("--out", default="onnx-xai-out", help="output folder (default: ./onnx-xai-out)")
+    explain.add_argument("--metric-steps", type=int, default=0,
+                         help="also compute deletion/insertion AUC with this many steps (default: off)")
+    _explaining(explain)
+    _common(explain)
+    explain.set_defaults(func=cmd_explain)
+
+    layers = sub.add_parser("layers", help="list candidate target layers with their shapes")
+    layers.add_argument("model", help="the .onnx model")
+    layers.add_argument("--shape", type=lambda t: tuple(int(v) for v in _floats(t)), default=None,
+                        help="per-sample input shape C,H,W[,D] where the model's is not fixed")
+    layers.add_argument("--debug", action="store_true", help="show tracebacks")
+    layers.set_defaults(func=cmd_layers)
+
+    audit = sub.add_parser("audit", help="explain a folder: maps, faithfulness, HTML/JSON/CSV report (resumable)")
+    audit.add_argument("model", help="the .onnx model")
+    audit.add_argument("folders", nargs="+", metavar="FOLDER", help="folders (or files) of images / .npy arrays")
+    audit.add_argument("--methods", default=None, help=f"comma-separated: {available}")
+    audit.add_argument("--out", required=True, help="output folder")
+    audit.add_argument("--workers", type=_positive, default=1, help="inputs explained in parallel processes")
+    audit.add_argument("--metric-steps", type=_positive, default=20, help="deletion/insertion steps (default 20)")
+    audit.add_argument("--no-metrics", action="store_true", help="skip deletion/insertion AUC")
+    audit.add_argument("--fresh", action="store_true", help="recompute inputs that are already done")
+    _explaining(audit)
+    _common(audit)
+    audit.set_defaults(func=cmd_audit)
     return parser
 
 
@@ -51,7 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except KeyboardInterrupt:
+        print("onnx-xai: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, OnnxXaiError) as exc:
+        if args.debug:
+            traceback.print_exc()
         print(f"onnx-xai: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,158 @@
+"""Method registry of the ``onnx-xai`` command: method names → the library's classes.
+
+A method is listed only when its class can be imported from ``onnx_xai``, so the command
+grows as methods land. Every runner returns one map per input, ``(*spatial)`` float32,
+where higher means "more important for the target class".
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+import onnx_xai
+
+from .runtime import Model
+from .scores import activation
+
+
+@dataclass
+class Method:
+    """One CLI method: the ``onnx_xai`` attribute it needs, how options map to arguments."""
+
+    name: str
+    attr: str
+    kind: str  # "occlusion", "matlab", "cam", "gradient", "rise"
+    help: str
+    options: dict[str, str] = field(default_factory=dict)  # CLI option → constructor argument
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def available(self) -> bool:
+        return getattr(onnx_xai, self.attr, None) is not None
+
+
+_CAM = {"layer": "target_layers"}
+_GRAD = {"samples": "n_samples", "seed": "seed"}
+METHODS = {m.name: m for m in [
+    Method("occlusion", "OcclusionSensitivity", "occlusion",
+           "MONAI-style occlusion sensitivity (score drop when a window is hidden)",
+           {"mask_size": "mask_size", "overlap": "overlap", "batch": "n_batch"},
+           {"mask_size": 32, "overlap": 0.5, "n_batch": 16}),
+    Method("matlab-occlusion", "occlusion_sensitivity", "matlab",
+           "MATLAB-style occlusionSensitivity (score change, softmax scores)",
+           {"mask_size": "mask_size", "stride": "stride", "batch": "mini_batch_size"},
+           {"mini_batch_size": 16}),
+    Method("gradcam", "GradCAM", "cam", "Grad-CAM on a convolutional layer", _CAM),
+    Method("gradcampp", "GradCAMpp", "cam", "Grad-CAM++ (MONAI's weights)", _CAM),
+    Method("cam", "CAM", "cam", "class activation map (fc weights on the last conv layer)", _CAM),
+    Method("scorecam", "ScoreCAM", "cam", "Score-CAM (gradient-free, masked forward passes)",
+           dict(_CAM, batch="n_batch")),
+    Method("layercam", "LayerCAM", "cam", "Layer-CAM", _CAM),
+    Method("vanilla", "VanillaGrad", "gradient", "input gradient (absolute, summed over channels)"),
+    Method("smoothgrad", "SmoothGrad", "gradient", "SmoothGrad", _GRAD, {"n_samples": 25}),
+    Method("guided", "GuidedBackpropGrad", "gradient", "guided backpropagation"),
+    Method("ig", "IntegratedGradients", "gradient", "integrated gradients (zero baseline)",
+           {"steps": "n_steps"}, {"n_steps": 50}),
+    Method("rise", "RISE", "rise", "RISE (random masks weighted by the class score)",
+           {"n_masks": "n_masks", "seed": "seed", "batch": "n_batch"}, {"n_masks": 1000, "seed": 0}),
+]}
+
+
+def available() -> list[str]:
+    """Names of the methods whose classes this installation has."""
+    return [name for name, m in METHODS.items() if m.available]
+
+
+def get(name: str) -> Method:
+    """The method ``name``, or ``ValueError`` saying which ones exist here."""
+    method = METHODS.get(name)
+    if method is None or not method.available:
+        why = "is not available in this version" if method else "is unknown"
+        raise ValueError(f"method {name!r} {why}; available: {', '.join(available())}")
+    return method
+
+
+def parse_methods(text: str) -> list[str]:
+    """``"occlusion,gradcam"`` → checked list of names (no duplicates)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError("no method given; available: " + ", ".join(available()))
+    for n in names:
+        get(n)
+    return list(dict.fromkeys(names))
+
+
+def default_layer(model: Model, sidecar: dict) -> str:
+    """The CAM layer: the sidecar's ``cam_layer``, else the last layer with a spatial extent."""
+    if sidecar.get("cam_layer"):
+        return str(sidecar["cam_layer"])
+    layers = [l for l in model.layers() if l.shape and len(l.shape) in (4, 5) and
+              all(isinstance(s, int) and s > 1 for s in l.shape[2:])]
+    if not layers:
+        raise ValueError("cannot find a convolutional layer for CAM; pass --layer NAME "
+                         "(see `onnx-xai layers MODEL`)")
+    order = {node.name: i for i, node in enumerate(model.proto.graph.node)}
+    return max(layers, key=lambda l: order.get(l.node, -1)).node
+
+
+def _accepted(fn: Callable, kwargs: dict) -> dict:
+    """The subset of ``kwargs`` that ``fn`` accepts (all of them when it takes ``**kwargs``)."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def _call_with_target(obj: Any, x: np.ndarray, target: int) -> Any:
+    params = inspect.signature(obj.__call__).parameters
+    for key in ("class_idx", "index", "target", "channel_idx"):
+        if key in params:
+            return obj(x, **{key: target})
+    return obj(x, target)
+
+
+def _to_map(result: Any, spatial: tuple[int, ...]) -> np.ndarray:
+    """A method's output → one ``spatial``-shaped map (|·| summed over channels for gradients)."""
+    arr = np.asarray(result[0] if isinstance(result, tuple) else result, np.float32)
+    if arr.shape == spatial:
+        return arr
+    if arr.ndim == len(spatial) + 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == len(spatial) + 1:
+        return arr[0] if arr.shape[0] == 1 else np.abs(arr).sum(axis=0)
+    raise ValueError(f"method returned shape {arr.shape}, expected a map over {spatial}")
+
+
+def run(name: str, model: Model, x: np.ndarray, target: int, options: dict, sidecar: dict,
+        verbose: bool = False) -> tuple[np.ndarray, dict]:
+    """Explain ``x`` ``(1, C, *spatial)`` for class ``target`` → (map over ``spatial``, parameters used)."""
+    method = get(name)
+    params = dict(method.defaults)
+    for opt, arg in method.options.items():
+        if options.get(opt) is not None:
+            params[arg] = options[opt]
+    params.update(options.get("extra") or {})
+    cls = getattr(onnx_xai, method.attr)
+    spatial = tuple(x.shape[2:])
+    if method.kind == "cam":
+        params.setdefault("target_layers", default_layer(model, sidecar))
+    if method.kind == "matlab":
+        params.setdefault("activation", "softmax")
+        kwargs = _accepted(cls, dict(params, verbose=verbose))
+        return _to_map(cls(model, x[0], target, **kwargs), spatial), params
+    explainer = cls(model, **_accepted(cls, dict(params, verbose=verbose)))
+    if method.kind == "occlusion":  # MONAI returns the occluded probability: turn it into a drop
+        occ = np.asarray(explainer(x)[0], np.float32)[0, target]
+        base = activation(True)(model.predict(x, verbose=False))[0, target]
+        return (np.float32(base) - occ).astype(np.float32), params
+    return _to_map(_call_with_target(explainer, x, target), spatial), params
+
+
+def run_embedded(model: Model, x: np.ndarray, target: int) -> np.ndarray:
+    """Run an exported explainer (a model with a ``saliency`` output) → its map for ``x``."""
+    feeds = {"class_idx": np.array([target], np.int64)} if "class_idx" in model.input_names else None
+    sal = model.predict(x, outputs=["saliency"], extra_inputs=feeds, verbose=False)["saliency"]
+    return _to_map(sal, tuple(x.shape[2:]))
