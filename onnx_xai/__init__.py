@@ -6,10 +6,15 @@ from .methods.occlusion import OcclusionSensitivity
 from .matlab import occlusion_sensitivity
 from . import metrics, synthetic
 from .methods.rise import RISE
+from .methods.saliency import (GuidedBackpropGrad, GuidedBackpropSmoothGrad, InputXGradient,
+                               IntegratedGradients, SmoothGrad, VanillaGrad)
+from .methods.saliency_net import SaliencyNet
 
 __all__ = [
     "Model", "TensorInfo", "OcclusionSensitivity", "occlusion_sensitivity", "cuda_status", "softmax", "sigmoid",
     "OnnxXaiError", "UnsupportedModelError", "DeviceError",
     "RISE", "metrics", "synthetic",
+    "VanillaGrad", "SmoothGrad", "GuidedBackpropGrad", "GuidedBackpropSmoothGrad",
+    "IntegratedGradients", "InputXGradient", "SaliencyNet",
 ]
 __version__ = "0.1.0"

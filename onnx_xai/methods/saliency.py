@@ -1,0 +1,182 @@
+"""Gradient saliency with MONAI's and Captum's arguments and numbers, on an ONNX model.
+
+``VanillaGrad``, ``SmoothGrad``, ``GuidedBackpropGrad``, ``GuidedBackpropSmoothGrad``
+(``monai.visualize``), ``IntegratedGradients`` and ``InputXGradient`` (``captum.attr``).
+All take ``x`` ``(N, C, *spatial)`` (2D or 3D, any batch) and return an array shaped like
+``x``. Scores are the model's raw output (logit) of the class; ``index`` is None (argmax),
+an int or one int per image. Noisy / interpolated samples of all images go through one
+gradient model in batches of ``batch_size``.
+"""
+from __future__ import annotations
+
+from typing import Any, Union
+
+import numpy as np
+
+from ..engines.saliency import (as_model, check_float, check_int, class_indices,
+                                ig_alphas_weights, sample_gradients)
+from ..runtime import ModelSource
+
+Baseline = Union[str, float, np.ndarray]
+
+
+class VanillaGrad:
+    """d score / d x (signed), as ``monai.visualize.VanillaGrad``.
+
+    Args:
+        model: anything ``Model`` accepts; a classifier with output ``(B, K)``.
+        batch_size: samples per gradient run. output: the output read (default: the first).
+    """
+
+    guided = False
+
+    def __init__(self, model: ModelSource, *, batch_size: int = 16, output: str | None = None) -> None:
+        self.model = as_model(model)
+        self.batch_size = check_int("batch_size", batch_size)
+        self.output = output
+
+    def _grads(self, x, n, make, index, extra, desc="gradients", verbose=False):
+        return sample_gradients(self.model, x, n, make, index, guided=self.guided,
+                                batch_size=self.batch_size, output=self.output,
+                                extra_inputs=extra, verbose=verbose, desc=desc)
+
+    def __call__(self, x: np.ndarray, index: Any = None, **extra_inputs) -> np.ndarray:
+        """``(N, C, *spatial)`` gradients of each image's class score (index None: argmax)."""
+        x = self.model.check_input(x)
+        idx = class_indices(index, x.shape[0])
+        out = np.empty_like(x)
+        for images, _, res in self._grads(x, 1, lambda i, _: x[i], idx, extra_inputs):
+            out[images] = res["gradients"][self.model.input_name]
+        return out
+
+
+class GuidedBackpropGrad(VanillaGrad):
+    """Guided backprop (``monai.visualize.GuidedBackpropGrad``): every ReLU / ReLU6 (Clip(0, m))
+    passes back only positive gradients where its input is positive. MONAI swaps only
+    modules named "...relu..."; an ONNX graph has no module names, so all of them here."""
+
+    guided = True
+
+
+class SmoothGrad(VanillaGrad):
+    """``monai.visualize.SmoothGrad``: gradients at ``n_samples`` noisy copies of each image.
+
+    Noise is N(0, σ²) with σ = stdev_spread·(max − min) of the image, drawn image by image,
+    sample by sample, as ``np.random.default_rng(seed).standard_normal((N·n_samples, ...),
+    float32) · σ``. Result: sqrt(Σ g²)/n_samples if ``magnitude`` (MONAI's formula; not the
+    root mean square) else Σ g/n_samples. With ``index`` None each noisy sample's own
+    argmax class is explained, as MONAI does.
+    """
+
+    def __init__(self, model: ModelSource, stdev_spread: float = 0.15, n_samples: int = 25,
+                 magnitude: bool = True, verbose: bool = True, *, seed: int | None = None,
+                 batch_size: int = 16, output: str | None = None) -> None:
+        super().__init__(model, batch_size=batch_size, output=output)
+        self.stdev_spread = check_float("stdev_spread", stdev_spread)
+        self.n_samples = check_int("n_samples", n_samples)
+        self.magnitude, self.verbose, self.seed = bool(magnitude), verbose, seed
+
+    def __call__(self, x: np.ndarray, index: Any = None, **extra_inputs) -> np.ndarray:
+        """``(N, C, *spatial)`` smoothed gradients."""
+        x = self.model.check_input(x)
+        idx = class_indices(index, x.shape[0])
+        axes = tuple(range(1, x.ndim))
+        std = (self.stdev_spread * (x.max(axes) - x.min(axes))).astype(x.dtype)
+        rng = np.random.default_rng(self.seed)
+
+        def noisy(images, _):
+            noise = rng.standard_normal((len(images),) + x.shape[1:], dtype=np.float32)
+            return x[images] + noise * std[images].reshape((-1,) + (1,) * len(axes))
+
+        total = np.zeros(x.shape, np.float64)
+        for images, _, res in self._grads(x, self.n_samples, noisy, idx, extra_inputs,
+                                          type(self).__name__, self.verbose):
+            g = res["gradients"][self.model.input_name].astype(np.float64)
+            np.add.at(total, images, g * g if self.magnitude else g)
+        if self.magnitude:
+            total = np.sqrt(total)
+        return (total / self.n_samples).astype(x.dtype)
+
+
+class GuidedBackpropSmoothGrad(SmoothGrad):
+    """``SmoothGrad`` of guided-backprop gradients (``monai.visualize.GuidedBackpropSmoothGrad``)."""
+
+    guided = True
+
+
+class InputXGradient(VanillaGrad):
+    """``captum.attr.InputXGradient``: x · d score / d x."""
+
+    def __call__(self, x: np.ndarray, index: Any = None, **extra_inputs) -> np.ndarray:
+        x = self.model.check_input(x)
+        return x * super().__call__(x, index, **extra_inputs)
+
+
+class IntegratedGradients(VanillaGrad):
+    """``captum.attr.IntegratedGradients``: (x − b) · Σ_i w_i ∇f(b + α_i (x − b)).
+
+    Args:
+        baseline: ``"zeros"``; ``"uniform"`` (uniform in [min, max] of each image, seeded by
+            ``seed``, as FastEstimator); a number; or an array shaped like ``x`` or one sample.
+        n_steps, method: Captum's (see ``engines.saliency.ig_alphas_weights``).
+        internal_batch_size: path points per gradient run.
+    """
+
+    def __init__(self, model: ModelSource, baseline: Baseline = "zeros", n_steps: int = 50,
+                 method: str = "gausslegendre", internal_batch_size: int = 16, *,
+                 seed: int | None = None, output: str | None = None, verbose: bool = False) -> None:
+        super().__init__(model, batch_size=internal_batch_size, output=output)
+        if isinstance(baseline, str) and baseline not in ("zeros", "uniform"):
+            raise ValueError(f"baseline must be 'zeros', 'uniform', a number or an array, got {baseline!r}")
+        self.n_steps = check_int("n_steps", n_steps)
+        self.alphas, self.weights = ig_alphas_weights(self.n_steps, method)
+        self.baseline, self.method, self.seed, self.verbose = baseline, method, seed, verbose
+
+    def baselines(self, x: np.ndarray) -> np.ndarray:
+        """The baseline for each image of ``x``: ``(N, C, *spatial)``."""
+        if isinstance(self.baseline, str):
+            if self.baseline == "zeros":
+                return np.zeros_like(x)
+            axes = tuple(range(1, x.ndim))
+            lo, hi = (v.reshape((-1,) + (1,) * len(axes)) for v in (x.min(axes), x.max(axes)))
+            u = np.random.default_rng(self.seed).random(x.shape, dtype=np.float32)
+            return (lo + u * (hi - lo)).astype(x.dtype)
+        b = np.asarray(self.baseline, x.dtype)
+        try:
+            return np.ascontiguousarray(np.broadcast_to(b, x.shape))
+        except ValueError:
+            raise ValueError(f"baseline of shape {b.shape} does not broadcast to the input "
+                             f"{x.shape}: give a number or an array shaped like x or one sample") from None
+
+    def __call__(self, x: np.ndarray, index: Any = None, return_convergence_delta: bool = False,
+                 **extra_inputs) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """``(N, C, *spatial)`` attributions; with ``return_convergence_delta`` also Captum's
+        ``(N,)`` delta = Σ attributions − (f(x) − f(baseline)) for the explained class."""
+        x = self.model.check_input(x)
+        idx = class_indices(index, x.shape[0])
+        if idx is None or return_convergence_delta:
+            fx = self._scores(x, extra_inputs)
+            idx = fx.argmax(1) if idx is None else idx
+        base = self.baselines(x)
+        diff = x - base
+        alphas = self.alphas.astype(x.dtype)
+
+        def path(images, steps):
+            return base[images] + alphas[steps].reshape((-1,) + (1,) * (x.ndim - 1)) * diff[images]
+
+        total = np.zeros(x.shape, np.float64)
+        for images, steps, res in self._grads(x, self.n_steps, path, idx, extra_inputs,
+                                              "IntegratedGradients", self.verbose):
+            g = res["gradients"][self.model.input_name].astype(np.float64)
+            np.add.at(total, images, g * self.weights[steps].reshape((-1,) + (1,) * (x.ndim - 1)))
+        attr = (total * diff).astype(x.dtype)
+        if not return_convergence_delta:
+            return attr
+        rows = np.arange(x.shape[0])
+        gap = fx[rows, idx] - self._scores(base, extra_inputs)[rows, idx]
+        return attr, attr.reshape(len(x), -1).sum(1, dtype=np.float64) - gap
+
+    def _scores(self, x, extra):
+        out = self.model.predict(x, outputs=self.output, batch_size=self.batch_size,
+                                 extra_inputs=extra, verbose=False)
+        return out.reshape(out.shape[0], out.shape[1], -1).max(-1)
