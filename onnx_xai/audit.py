@@ -23,6 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__, cli_methods, metrics
+from .errors import OnnxXaiError
 from .preprocess import ImageSpec, load_labels, read_image
 from .runtime import Model
 from .scores import activation
@@ -360,8 +361,11 @@ def _audit_one(path: str, dest: str, signature: str) -> dict:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    """The first line of an error; its type too unless it is one of the usual user errors."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    usual = isinstance(exc, (ValueError, FileNotFoundError, OnnxXaiError)) and text
+    return text if usual else f"{type(exc).__name__}: {text}".rstrip(": ")
 
 
 def run_audit(config: Config, files: list[Path], out: Path, *, workers: int = 1, resume: bool = True,

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import assets, cli_methods, graph
-from .audit import Config, Explainer, collect_inputs, input_keys, read_sidecar, run_audit
+from .audit import Config, Explainer, _one_line, collect_inputs, input_keys, read_sidecar, run_audit
 from .errors import OnnxXaiError
 from .report import write_report
 from .runtime import Model
@@ -144,7 +144,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         try:
             rec = explainer.explain(f, out, prefix=f"{key}_")
         except Exception as exc:  # reported, the other inputs go on
-            rec = {"input": str(f), "status": "error", "error": f"{type(exc).__name__}: {exc}"}
+            rec = {"input": str(f), "status": "error", "error": _one_line(exc)}
             if args.debug:
                 rec["traceback"] = traceback.format_exc()
         records.append(rec)
