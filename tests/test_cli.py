@@ -273,3 +273,18 @@ def test_audit_killed_then_resumed(tmp_path):
             assert np.load(out / "inputs" / key / f"{m}.npy").shape == (64, 64)
     assert len(list((out / "inputs").iterdir())) == n
     assert check_complete(out) == n * (2 * 3 + 2) + 1  # per input: 2 maps × 3 files, picture, marker
+
+
+GRADIENT = [m for m in ("gradcam", "vanilla") if m in cli_methods.available()]
+
+
+@pytest.mark.skipif(not GRADIENT, reason="no gradient method in this version")
+def test_explain_gradient_methods(tmp_path):
+    """Gradient and CAM methods come from the registry as they land; maps are input-sized."""
+    png = shapes_png(tmp_path, 1)[0]
+    r = cli("explain", SHAPES, png, "--method", ",".join(GRADIENT), "--out", tmp_path / "o", "--quiet")
+    assert r.returncode == 0, r.stderr
+    for m in GRADIENT:
+        smap = np.load(tmp_path / "o" / f"shape00_png_{m}.npy")
+        assert smap.shape == (64, 64) and np.isfinite(smap).all() and smap.max() > smap.min()
+        assert json.loads((tmp_path / "o" / f"shape00_png_{m}.json").read_text())["method"] == m
