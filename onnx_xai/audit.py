@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -229,7 +230,6 @@ def save_map(stem: Path, sample: Sample, smap: np.ndarray, meta: dict) -> dict[s
     if smap.ndim == 2:
         paths = save_explanation(stem, sample.display, smap, meta)
         return {k: p.name for k, p in paths.items()}
-    import io
     buf = io.BytesIO()
     np.save(buf, smap, allow_pickle=False)
     record = dict(meta, map={"shape": list(smap.shape), "dtype": str(smap.dtype),
@@ -403,13 +403,15 @@ def run_audit(config: Config, files: list[Path], out: Path, *, workers: int = 1,
             for i in todo:
                 done(i, _audit_one(str(files[i]), str(out / "inputs" / keys[i]), signature))
         else:
-            ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                        initargs=(config,)) as pool:
+            pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                          initializer=_init_worker, initargs=(config,))
+            try:
                 futures = {pool.submit(_audit_one, str(files[i]), str(out / "inputs" / keys[i]), signature): i
                            for i in todo}
                 for fut in cf.as_completed(futures):
                     done(futures[fut], fut.result())
+            finally:  # on Ctrl-C, do not wait for the queued inputs
+                pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
     for i, rec in records.items():
