@@ -1,4 +1,5 @@
-"""MATLAB-style functions: ``occlusion_sensitivity(net, X, channel_idx, ...)``.
+"""MATLAB-style functions: ``occlusion_sensitivity(net, X, channel_idx, ...)``,
+``grad_cam(net, X, channel_idx, ...)``.
 
 Mirrors MATLAB's ``occlusionSensitivity(net, X, channelIdx, Name=Value)`` with snake_case
 names, 0-based indices and NumPy arrays. One observation in, MATLAB's layout out.
@@ -9,6 +10,7 @@ from typing import Callable, Sequence, Union
 
 import numpy as np
 
+from .engines.cam import gradient_taps, last_spatial_layer
 from .engines.occlusion import Occluder, occlusion_scores
 from .runtime import Model, ModelSource, sigmoid, softmax
 
@@ -234,3 +236,61 @@ def _resize_axis(a: np.ndarray, axis: int, size: int, method: str) -> np.ndarray
         return a
     m = imresize_matrix(a.shape[axis], size, method).astype(np.float32)
     return np.moveaxis(np.tensordot(m, a, axes=([1], [axis])), 0, axis)
+
+
+def grad_cam(net: ModelSource, X: np.ndarray, channel_idx: int | Sequence[int], *,
+             feature_layer: str | None = None, reduction_layer: str | None = None,
+             output_upsampling: str = "bicubic", execution_environment: str = "auto") -> np.ndarray:
+    """Grad-CAM map of one observation, as MATLAB's ``gradCAM(net, X, channelIdx, Name=Value)``.
+
+    ``relu(Σ_k mean_p(dS/dA_k) · A_k)`` with A the feature layer's activations (channel-first
+    ``(C, h, w[, d])`` in the graph) and S the reduction layer's channel ``channel_idx``
+    summed over its spatial axes; not normalised.
+
+    Args:
+        net: anything ``Model`` accepts.
+        X: one observation, ``(H, W, C)`` as in MATLAB or in the network's own layout (see
+            ``occlusion_sensitivity``).
+        channel_idx: 0-based channel of the reduction layer; int → ``(H, W)``, sequence of K →
+            ``(H, W, K)`` (one batched gradient run).
+        feature_layer: tensor / node / module name; None → the last layer with spatial
+            extent (a spatial size > 1), i.e. the one before global pooling.
+        reduction_layer: the tensor scored (output, intermediate tensor or node name); None →
+            the first output as it is. MATLAB scores a classifier's softmax layer; exported
+            ONNX classifiers usually return logits, which this scores unless told otherwise.
+        output_upsampling: ``"bicubic"`` / ``"nearest"`` (MATLAB's ``imresize`` to the input
+            size) or ``"none"`` (the feature layer's grid).
+        execution_environment: ``"auto"``, ``"gpu"`` or ``"cpu"``.
+    Returns:
+        ``(H, W)`` / ``(H, W, K)`` float32 (``(H, W, D[, K])`` for volumes).
+    """
+    if execution_environment not in _ENVIRONMENTS:
+        raise ValueError(f"execution_environment must be one of {_ENVIRONMENTS}, got {execution_environment!r}")
+    if output_upsampling not in ("bicubic", "nearest", "none"):
+        raise ValueError(f"output_upsampling must be 'bicubic', 'nearest' or 'none', got {output_upsampling!r}")
+    model = _as_model(net, execution_environment)
+    xcf, channel_last = _observation(model, X)
+    x1 = np.ascontiguousarray(np.moveaxis(xcf, 0, -1))[None] if channel_last else xcf[None]
+    output = None
+    if reduction_layer is not None:
+        model = model.with_outputs([reduction_layer])
+        output = (reduction_layer if reduction_layer in model.output_names
+                  else model.outputs[-1].name)
+    info = next(o for o in model.outputs if o.name == (output or model.output_names[0]))
+    n_channels = info.shape[1] if len(info.shape) > 1 and isinstance(info.shape[1], int) else None
+    channels = (_channels(channel_idx, np.zeros((1, n_channels))) if n_channels
+                else np.atleast_1d(np.asarray(channel_idx)))  # else the engine checks the range
+    if feature_layer is None:
+        feature_layer = last_spatial_layer(model.require_proto("grad_cam"),
+                                           {model.input_name: x1.shape})
+    xs = np.repeat(x1, len(channels), axis=0)
+    taps = gradient_taps(model, feature_layer, xs, channels, batch_size=min(len(channels), 8),
+                         output=output)
+    g, a = taps.gradients.astype(np.float64), taps.activations.astype(np.float64)
+    axes = tuple(range(2, a.ndim))
+    cam = np.maximum((g.mean(axes, keepdims=True) * a).sum(1), 0.0).astype(np.float32)
+    cam = np.moveaxis(cam, 0, -1)  # (*grid, K)
+    if output_upsampling != "none":
+        for axis, size in enumerate(xcf.shape[1:]):
+            cam = _resize_axis(cam, axis, size, output_upsampling)
+    return cam[..., 0] if np.ndim(channel_idx) == 0 else cam

@@ -78,12 +78,13 @@ def forward_taps(model: Model, layer: str, x: np.ndarray, class_idx: Any = None,
 
 
 def gradient_taps(model: Model, layer: str, x: np.ndarray, class_idx: Any = None,
-                  batch_size: int = 8) -> Taps:
-    """Activations of ``layer``, d(score)/d(activations) and the logits from one run of the
-    gradient model per batch. With ``class_idx`` None the argmax class is picked inside the
-    graph (no extra forward pass) for ``(N, K)`` outputs."""
+                  batch_size: int = 8, output: str | None = None) -> Taps:
+    """Activations of ``layer``, d(score)/d(activations) and the logits (of ``output``, default
+    the first) from one run of the gradient model per batch. With ``class_idx`` None the
+    argmax class is picked inside the graph (no extra forward pass) for ``(N, K)`` outputs."""
     n = x.shape[0]
-    gm = gradient_model(model, [layer], batch_size=min(n, batch_size), input_shape=x.shape[1:])
+    gm = gradient_model(model, [layer], output=output, batch_size=min(n, batch_size),
+                        input_shape=x.shape[1:])
     if class_idx is None and len(gm.output_shape) == 2:
         logits, act, grad = _argmax_run(gm, layer, x)
         return Taps(act, grad, logits, _argmax(logits))
