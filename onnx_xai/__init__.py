@@ -9,6 +9,8 @@ from .methods.rise import RISE
 from .methods.saliency import (GuidedBackpropGrad, GuidedBackpropSmoothGrad, InputXGradient,
                                IntegratedGradients, SmoothGrad, VanillaGrad)
 from .methods.saliency_net import SaliencyNet
+from .methods.cam import CAM, EigenCAM, GradCAM, GradCAMpp, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
+from .matlab import grad_cam
 
 __all__ = [
     "Model", "TensorInfo", "OcclusionSensitivity", "occlusion_sensitivity", "cuda_status", "softmax", "sigmoid",
@@ -16,5 +18,6 @@ __all__ = [
     "RISE", "metrics", "synthetic",
     "VanillaGrad", "SmoothGrad", "GuidedBackpropGrad", "GuidedBackpropSmoothGrad",
     "IntegratedGradients", "InputXGradient", "SaliencyNet",
+    "CAM", "GradCAM", "GradCAMpp", "ScoreCAM", "LayerCAM", "XGradCAM", "HiResCAM", "EigenCAM", "grad_cam",
 ]
 __version__ = "0.1.0"
