@@ -137,7 +137,8 @@ class GradCAMpp(_CAMBase):
     counts as 1, then + 1e-7), ``w_k = Σ_p α · relu(exp(S) · g)``, ``relu(Σ_k w_k A_k)``.
 
     MONAI's weights include ``exp(S)``; pytorch-grad-cam's GradCAM++ does not (and uses Σ A
-    in α) — this class matches MONAI.
+    in α) — this class matches MONAI. Each sample uses its own ``exp(S_b)`` (MONAI matches
+    this for one sample at a time; with B > 1 it broadcasts the B scores over the last axis).
     """
 
     def _map(self, t: Taps, x: np.ndarray, layer: str) -> np.ndarray:
