@@ -45,15 +45,16 @@ class Occluder:
 
 
 def as_3d(shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """Pad 1D/2D spatial shapes with trailing ones: the kernels work on 3D."""
+    """Pad 1D/2D spatial shapes with leading ones: the kernels work on 3D."""
     if not 1 <= len(shape) <= 3:
         raise ValueError(f"occlusion supports 1 to 3 spatial dimensions, got {len(shape)}")
-    return tuple(shape) + (1,) * (3 - len(shape))  # type: ignore[return-value]
+    return (1,) * (3 - len(shape)) + tuple(shape)  # type: ignore[return-value]
 
 
 def _pad_windows(bounds: np.ndarray, fill: int) -> np.ndarray:
+    """``(n, sd)`` window bounds as ``(n, 3)``, leading axes filled with ``fill``."""
     out = np.full((bounds.shape[0], 3), fill, np.int64)
-    out[:, :bounds.shape[1]] = bounds
+    out[:, 3 - bounds.shape[1]:] = bounds
     return out
 
 
@@ -120,7 +121,7 @@ def _fill_with_callable(buf, x, x3, prev_lo, prev_hi, lo, hi, fn) -> None:
         if prev_hi[b, 0] >= 0:
             old = (b, slice(None)) + tuple(slice(prev_lo[b, d], prev_hi[b, d]) for d in range(3))
             buf[old] = x3[old[1:]]
-        box = tuple(slice(lo[b, d], hi[b, d]) for d in range(sd))
+        box = tuple(slice(lo[b, d], hi[b, d]) for d in range(3 - sd, 3))
         patch = np.asarray(fn(x, x[(slice(0, 1), slice(None)) + box].copy()))
         window = (b, slice(None)) + tuple(slice(lo[b, d], hi[b, d]) for d in range(3))
         try:

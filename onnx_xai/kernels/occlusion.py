@@ -1,7 +1,8 @@
 """Numba kernels for occlusion: occluded batches built in place, window scores blended.
 
 Spatial data is handled as 3D everywhere: a 2D image ``(C, H, W)`` is viewed as
-``(C, H, W, 1)`` (a free reshape), so one kernel serves 2D and 3D. A window is the box
+``(C, 1, H, W)`` (a free reshape, leading unit axes so that the innermost loops run along
+the longest contiguous axis), so one kernel serves 1D, 2D and 3D. A window is the box
 ``[lo, hi)`` per spatial dimension.
 """
 from __future__ import annotations
@@ -15,17 +16,19 @@ CONSTANT = 1    # value[c] per channel            (a float, "mean_img", MATLAB m
 PATCH_MEAN = 2  # mean of the patch over all channels
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def fill_occluded(buf, x, prev_lo, prev_hi, lo, hi, kind, mul, value):  # pragma: no cover - jitted
     """Turn ``buf[b]`` from "x occluded at window prev[b]" into "x occluded at window [lo[b], hi[b])".
 
     buf: (B, C, D0, D1, D2) float32, each slot a copy of ``x`` except inside its previous
     window; x: (C, D0, D1, D2); prev_lo/prev_hi/lo/hi: (B, 3) int64 (prev_hi[b, 0] < 0: the
     slot holds a clean copy); mul: (C, m0, m1, m2) indexed from ``lo``; value: (C,).
-    Only the two windows of each slot are touched, never the whole image.
+    Only the two windows of each slot are touched, never the whole image. Serial on
+    purpose: the work is tiny, and a parallel region's spinning worker threads would steal
+    the cores ONNX Runtime runs on next.
     """
     n_channels = x.shape[0]
-    for b in prange(lo.shape[0]):
+    for b in range(lo.shape[0]):
         if prev_hi[b, 0] >= 0:
             for c in range(n_channels):
                 for i in range(prev_lo[b, 0], prev_hi[b, 0]):
@@ -70,14 +73,17 @@ def blend_windows(out, scores, lo, weight, inv_count):  # pragma: no cover - jit
         plane[:] = 0.0
         for w in range(lo.shape[0]):
             s = scores[w, k]
+            a0, b0, c0 = lo[w, 0], lo[w, 1], lo[w, 2]
             for i in range(m0):
                 for j in range(m1):
+                    row = plane[a0 + i, b0 + j]
+                    wrow = weight[i, j]
                     for t in range(m2):
-                        plane[lo[w, 0] + i, lo[w, 1] + j, lo[w, 2] + t] += weight[i, j, t] * s
-        for i in range(plane.shape[0]):
-            for j in range(plane.shape[1]):
-                for t in range(plane.shape[2]):
-                    plane[i, j, t] *= inv_count[i, j, t]
+                        row[c0 + t] += wrow[t] * s
+        flat = plane.ravel()
+        inv = inv_count.ravel()
+        for p in range(flat.size):
+            flat[p] *= inv[p]
 
 
 @njit(cache=True)
