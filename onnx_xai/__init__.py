@@ -1,7 +1,7 @@
 """onnx_xai: explain deployed ONNX models with ONNX Runtime alone."""
 from .errors import DeviceError, OnnxXaiError, UnsupportedModelError
 from .runtime import Model, TensorInfo, cuda_status, sigmoid, softmax
-from . import visualize
+from . import assets, visualize
 from .methods.occlusion import OcclusionSensitivity
 from .matlab import occlusion_sensitivity
 from . import metrics, synthetic
