@@ -1,0 +1,359 @@
+"""Export an explaining model: one ONNX graph returning the model's outputs and a saliency map.
+
+``export_explainer(model, "gradcam")`` builds the gradient graph with the portable backend
+(onnx-ad, plain ONNX operators), picks each sample's class in-graph, and appends the CAM
+weighting, the linear upsampling (``Resize``) and the per-sample normalisation, so any ONNX
+runtime serves predictions and explanations with no Python and no onnx_xai.
+
+Dynamic batch: onnx-ad needs static shapes, so the gradient graph is built at batch 2 and at
+batch 3; the two graphs differ only in int64 shape constants (Reshape/Expand targets), whose
+batch entries are then computed from ``Shape(input)[0]``. Spatial dims stay fixed.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from . import graph
+from .autodiff import SCORE, WEIGHTS, _input_shapes, _prepare, passes, portable
+from .engines.cam import fc_weights, last_spatial_layer
+from .errors import UnsupportedModelError
+from .runtime import Model
+
+__all__ = ["export_explainer", "EXPORT_METHODS"]
+
+_CAM_GRAD = ("gradcam", "gradcampp", "layercam", "xgradcam", "hirescam")
+EXPORT_METHODS = _CAM_GRAD + ("cam", "vanilla", "inputxgrad")
+_FLIPPED = ("gradcam", "gradcampp", "cam")  # MONAI's default_normalizer: (min, max) → (1, 0)
+CLASS_IDX, SALIENCY = "class_idx", "saliency"
+_META = "onnx_xai.explainer"
+
+
+class _Builder:
+    """Appends nodes / constants with fresh ``xai/…`` names, opset-aware for reductions."""
+
+    def __init__(self, proto: onnx.ModelProto, opset: int, prefix: str = "xai") -> None:
+        self.proto, self.opset, self.prefix, self.nodes, self.n = proto, opset, prefix, [], 0
+
+    def name(self, stem: str) -> str:
+        self.n += 1
+        return f"{self.prefix}/{stem}_{self.n}"
+
+    def const(self, value, dtype=np.int64) -> str:
+        name = self.name("const")
+        self.proto.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype), name))
+        return name
+
+    def op(self, op_type: str, inputs: Sequence[str], out: str | None = None, **attrs) -> str:
+        out = out or self.name(op_type)
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=self.name(op_type), **attrs))
+        return out
+
+    def reduce(self, op_type: str, x: str, axes: Sequence[int], out: str | None = None) -> str:
+        """Reduce with keepdims=1 (axes as input from opset 18, ReduceSum from 13)."""
+        if self.opset >= 18 or (op_type == "ReduceSum" and self.opset >= 13):
+            return self.op(op_type, [x, self.const(list(axes))], out, keepdims=1)
+        return self.op(op_type, [x], out, axes=list(axes), keepdims=1)
+
+
+def _opset(proto: onnx.ModelProto) -> int:
+    version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if version < 13:
+        raise UnsupportedModelError(f"the model uses ONNX opset {version}; export_explainer needs "
+                                    "opset >= 13 (convert it with onnx.version_converter)")
+    return version
+
+
+# ---------------------------------------------------------------------------- batch relaxation
+def _constants(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
+    out = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Constant":
+            out[node.output[0]] = numpy_helper.to_array(node.attribute[0].t) if (
+                node.attribute[0].name == "value") else None
+    return out
+
+
+def _signature(proto: onnx.ModelProto) -> list:
+    return [(n.op_type, tuple(n.input), tuple(n.output),
+             tuple((a.name, str(helper.get_attribute_value(a))) for a in n.attribute
+                   if a.type != onnx.AttributeProto.TENSOR)) for n in proto.graph.node]
+
+
+def _relax_batch(p2: onnx.ModelProto, p3: onnx.ModelProto, batch_inputs: list[str]) -> onnx.ModelProto:
+    """One graph valid for any batch from the same graph built at batches 2 and 3.
+
+    Every constant that differs must be int64 with entries either equal or proportional to
+    the batch (``v(3) / 3 == v(2) / 2``); each becomes ``coef · B + base`` computed from
+    ``Shape(batch_inputs[0])[0]``. Anything else raises ``UnsupportedModelError``.
+    """
+    if _signature(p2) != _signature(p3):
+        raise UnsupportedModelError("the gradient graph's structure depends on the batch size; "
+                                    "export with a fixed batch_size")
+    c2, c3 = _constants(p2), _constants(p3)
+    users = {}
+    for node in p2.graph.node:
+        for i in node.input:
+            users.setdefault(i, []).append(f"{node.op_type} {node.name!r}")
+    changed = {}
+    for name, v2 in c2.items():
+        v3 = c3.get(name)
+        if v2 is None or v3 is None or (v2.shape == v3.shape and np.array_equal(v2, v3)):
+            continue
+        d = v3.astype(np.int64) - v2.astype(np.int64) if v2.shape == v3.shape else None
+        if v2.dtype != np.int64 or d is None or v2.ndim > 1 or not np.array_equal(v2[d != 0], 2 * d[d != 0]):
+            raise UnsupportedModelError(
+                f"constant {name!r} (read by {', '.join(users.get(name, ['?']))}) depends on the "
+                "batch size in a way that cannot be computed from the input's shape; export with "
+                "a fixed batch_size")
+        changed[name] = (d, v2 - 2 * d)
+    out = onnx.ModelProto()
+    out.CopyFrom(p2)
+    g = out.graph
+    b = _Builder(out, _opset(out), "xai/batch")
+    batch = b.op("Slice", [b.op("Shape", [batch_inputs[0]]), b.const([0]), b.const([1])])
+    batch0 = b.op("Squeeze", [batch, b.const([0])])
+    for name, (coef, base) in changed.items():
+        src = batch if coef.ndim else batch0
+        b.op("Add", [b.op("Mul", [src, b.const(coef)]), b.const(base)], out=name)
+    kept = [n for n in g.node if not (n.op_type == "Constant" and n.output[0] in changed)]
+    inits = [t for t in g.initializer if t.name not in changed]
+    del g.node[:], g.initializer[:]
+    g.node.extend(b.nodes + kept)
+    g.initializer.extend(inits)
+    for value in g.input:
+        if value.name in batch_inputs:
+            dims = value.type.tensor_type.shape.dim
+            dims[0].Clear()
+            dims[0].dim_param = "batch"
+    del g.value_info[:]
+    return out
+
+
+# ---------------------------------------------------------------------------- cores
+def _gradient_core(model: Model, proto: onnx.ModelProto, wrt: str, output: str,
+                   per_sample: tuple, batch: int) -> tuple[onnx.ModelProto, str, str, str]:
+    """Gradient graph at ``batch`` with the seed fixed to 1 and the probe removed.
+    Returns (graph, activation tensor, gradient tensor ``(B, …, 1)``, weights input)."""
+    shapes = _input_shapes(model, batch, per_sample, None)
+    static, sources, layers = _prepare(model, proto, [wrt], output, shapes)
+    built, grads, seed = portable.build(static, list(sources.values()), SCORE)
+    src = sources[wrt]
+    g = built.graph
+    keep = [i for i in g.input if i.name not in (seed, WEIGHTS, src if wrt in layers else "")]
+    del g.input[:]
+    g.input.extend(keep)
+    g.initializer.append(numpy_helper.from_array(np.ones(1, np.float32), seed))
+    act = layers.get(wrt, src)
+    if wrt in layers:  # the probe adds zeros: read the activation directly
+        for node in g.node:
+            if node.op_type == "Add" and src in node.input:
+                node.CopyFrom(helper.make_node("Identity", [act], list(node.output), name=node.name))
+    return built, act, grads[src], WEIGHTS
+
+
+def _class_head(b: _Builder, output: str, n_classes: int, weights: str) -> str:
+    """``weights = one_hot(idx)`` ``(B, K)``, ``idx = class_idx < 0 ? argmax(output) : class_idx``
+    ``(B,)`` (returned)."""
+    am = b.op("ArgMax", [output], axis=1, keepdims=0)
+    idx = b.op("Where", [b.op("Less", [CLASS_IDX, b.const(0)]), am, CLASS_IDX])
+    b.op("OneHot", [idx, b.const(n_classes), b.const([0.0, 1.0], np.float32)], out=weights, axis=-1)
+    return idx
+
+
+def _insert_after(g, producer_of: str, nodes: list) -> None:
+    at = next(i for i, n in enumerate(g.node) if producer_of in n.output)
+    for k, node in enumerate(nodes):
+        g.node.insert(at + 1 + k, node)
+
+
+# ---------------------------------------------------------------------------- CAM rules
+def _cam_rule(b: _Builder, method: str, a: str, g: str, score: str | None, nd: int) -> str:
+    """Raw map ``(B, 1, *s)`` from activations ``a`` and gradients ``g`` ``(B, C, *s)``."""
+    sp = list(range(2, nd))
+    if method == "gradcam":
+        w = b.reduce("ReduceMean", g, sp)
+    elif method == "hirescam":
+        w = g
+    elif method == "layercam":
+        w = b.op("Relu", [g])
+    elif method == "xgradcam":
+        num = b.reduce("ReduceSum", b.op("Mul", [g, a]), sp)
+        den = b.op("Add", [b.reduce("ReduceSum", a, sp), b.const(1e-7, np.float32)])
+        w = b.op("Div", [num, den])
+    else:  # gradcampp (MONAI)
+        g2 = b.op("Mul", [g, g])
+        ag3 = b.reduce("ReduceSum", b.op("Mul", [b.op("Mul", [a, g2]), g]), sp)
+        den = b.op("Add", [b.op("Mul", [g2, b.const(2.0, np.float32)]), ag3])
+        zero = b.op("Equal", [den, b.const(0.0, np.float32)])
+        den = b.op("Add", [b.op("Where", [zero, b.const(1.0, np.float32), den]), b.const(1e-7, np.float32)])
+        alpha = b.op("Div", [g2, den])
+        gain = b.op("Exp", [score])
+        w = b.reduce("ReduceSum", b.op("Mul", [alpha, b.op("Relu", [b.op("Mul", [gain, g])])]), sp)
+    return b.op("Relu", [b.reduce("ReduceSum", b.op("Mul", [w, a]), [1])])
+
+
+def _postprocess(b: _Builder, cam: str, size: tuple, upsample: bool, normalize: bool,
+                 flip: bool) -> str:
+    """Linear ``Resize`` (half_pixel, as ``F.interpolate``) to ``size``, then per-sample
+    (min, max) → (0, 1), or → (1, 0) with ``flip`` (a constant map: 0, or unchanged)."""
+    nd = 2 + len(size)
+    if upsample:  # size: spatial only
+        lead = b.op("Slice", [b.op("Shape", [cam]), b.const([0]), b.const([2])])
+        sizes = b.op("Concat", [lead, b.const(list(size))], axis=0)
+        cam = b.op("Resize", [cam, "", "", sizes], mode="linear",
+                   coordinate_transformation_mode="half_pixel")
+    if not normalize:
+        return cam
+    axes = list(range(1, nd))
+    lo, hi = b.reduce("ReduceMin", cam, axes), b.reduce("ReduceMax", cam, axes)
+    rng = b.op("Sub", [hi, lo])
+    flat = b.op("Equal", [rng, b.const(0.0, np.float32)])
+    norm = b.op("Div", [b.op("Sub", [cam, lo]), b.op("Where", [flat, b.const(1.0, np.float32), rng])])
+    if flip:
+        return b.op("Where", [flat, cam, b.op("Sub", [b.const(1.0, np.float32), norm])])
+    return b.op("Where", [flat, b.const(0.0, np.float32), norm])
+
+
+# ---------------------------------------------------------------------------- public
+def export_explainer(model: Any, method: str = "gradcam", target_layers: str | Sequence[str] | None = None,
+                     class_idx: int | None = None, upsample: bool = True, normalize: bool = True, *,
+                     output: str | None = None, input_shape: Sequence[int] | None = None,
+                     batch_size: int | None = None, fc_layers: str | None = "fc") -> onnx.ModelProto:
+    """One ONNX model returning the model's outputs and ``saliency``.
+
+    Args:
+        model: anything ``Model`` accepts (a classifier with output ``(B, K)``).
+        method: ``"gradcam"``, ``"gradcampp"``, ``"layercam"``, ``"xgradcam"``, ``"hirescam"``,
+            ``"cam"`` (fc weights, gradient-free), ``"vanilla"`` or ``"inputxgrad"``; the
+            numbers are those of the Python classes with their default post-processing.
+        target_layers: CAM layer (name, or a list whose last entry is used, as
+            ``layer_idx=-1``); default: the last layer with a spatial extent.
+        class_idx: default of the optional ``class_idx`` input; None: −1 (argmax).
+        upsample / normalize: CAM methods only: linear ``Resize`` to the input size; the
+            class's default normaliser (GradCAM, GradCAMpp, CAM: MONAI's (min, max) → (1, 0),
+            the others (min, max) → (0, 1)).
+        output: the explained output (default: the first). input_shape: per-sample
+            ``(C, H, W[, D])`` where the model's is not fixed. batch_size: fixed batch of
+            the export; None: dynamic when the model's batch is. fc_layers: see ``CAM``.
+    Returns:
+        ``onnx.ModelProto``; inputs: the model's, plus ``class_idx`` int64 ``(B,)`` or ``(1,)``
+        (optional, default [-1]; a negative entry means the argmax class); outputs: the
+        model's, plus ``saliency`` float32 ``(B, 1, *spatial)`` (CAM) or input-shaped.
+    """
+    if method not in EXPORT_METHODS:
+        raise ValueError(f"method must be one of {EXPORT_METHODS}, got {method!r}")
+    if class_idx is not None and (not isinstance(class_idx, (int, np.integer)) or class_idx < -1):
+        raise ValueError(f"class_idx must be None, -1 or a class index >= 0, got {class_idx!r}")
+    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+        raise ValueError(f"batch_size must be None or a positive integer, got {batch_size!r}")
+    m = model if isinstance(model, Model) else Model(model, device="cpu", verbose=False)
+    proto = m.require_proto("export_explainer")
+    opset = _opset(proto)
+    output = m._check_outputs(output)[0]
+    per_sample = tuple(input_shape) if input_shape is not None else tuple(m.input.shape[1:])
+    if not all(isinstance(s, (int, np.integer)) and s > 0 for s in per_sample):
+        raise ValueError(f"input {m.input_name!r} is {m.input.describe()}: give its per-sample "
+                         "shape with input_shape=(C, H, W[, D])")
+    per_sample = tuple(int(s) for s in per_sample)
+    fixed = m.input.shape[0] if isinstance(m.input.shape[0], int) else batch_size
+    types = graph.tensor_types(graph.static_shapes(proto, {m.input_name: (1,) + per_sample}))
+    if types.get(output) != onnx.TensorProto.FLOAT:
+        raise UnsupportedModelError(f"output {output!r} is not float32; export_explainer needs a "
+                                    "float32 classifier output")
+
+    layer = None
+    if method in _CAM_GRAD + ("cam",):
+        layers = [target_layers] if isinstance(target_layers, str) else list(target_layers or [])
+        layer = (graph.resolve_layer(proto, layers[-1]) if layers else
+                 last_spatial_layer(proto, {m.input_name: (1,) + per_sample}))
+
+    if method == "cam":
+        core, act, grad, weights = proto, layer, None, "xai/weights"
+    else:
+        wrt = layer or m.input_name
+        build = lambda b: _gradient_core(m, proto, wrt, output, per_sample, b)
+        if fixed is not None:
+            core, act, grad, weights = build(int(fixed))
+        else:
+            (c2, act, grad, weights), (c3, *_) = build(2), build(3)
+            core = _relax_batch(c2, c3, [i.name for i in m.inputs])
+    return _finish(m, proto, core, method, act, grad, weights, output, per_sample, opset,
+                   class_idx, upsample, normalize, fixed, layer, fc_layers)
+
+
+def _finish(m, proto, core, method, act, grad, weights, output, per_sample, opset, class_idx,
+            upsample, normalize, fixed, layer, fc_layers) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(core)
+    g = out.graph
+    shapes = graph.tensor_shapes(graph.static_shapes(proto, {m.input_name: (1,) + per_sample}))
+    if len(shapes[output]) != 2:
+        raise UnsupportedModelError(f"output {output!r} has shape {shapes[output]} at batch 1; "
+                                    "export_explainer needs a (B, K) classifier output")
+    n_classes = shapes[output][1]
+    b = _Builder(out, opset)
+    idx = _class_head(b, output, n_classes, weights)
+    _insert_after(g, output, b.nodes)
+    b.nodes = []
+    nd = 1 + len(per_sample)  # rank of the input (and of a CAM layer)
+    if method in ("vanilla", "inputxgrad"):
+        gx = b.op("Squeeze", [grad, b.const([-1])])
+        b.op("Mul" if method == "inputxgrad" else "Identity",
+             [m.input_name, gx] if method == "inputxgrad" else [gx], out=SALIENCY)
+    else:
+        if len(shapes.get(layer, ())) != nd:
+            raise ValueError(f"target layer {layer!r} has shape {shapes.get(layer)} per sample: a CAM "
+                             "needs a layer with spatial extent (C, H, W[, D]) before global pooling")
+        if method == "cam":
+            fc = None if fc_layers == "fc" and not _has(proto, "fc") else fc_layers
+            w, bias = fc_weights(proto, layer, fc)
+            if w.shape[1] != shapes[layer][1]:
+                raise ValueError(f"fc layer has {w.shape[1]} inputs but layer {layer!r} has "
+                                 f"{shapes[layer][1]} channels; name the right fc_layers")
+            lift = list(range(2, nd))
+            wc = b.op("Unsqueeze", [b.op("Gather", [b.const(w, np.float32), idx], axis=0), b.const(lift)])
+            bc = b.op("Unsqueeze", [b.op("Gather", [b.const(bias, np.float32), idx], axis=0),
+                                    b.const([1] + lift)])
+            raw = b.op("Add", [b.reduce("ReduceSum", b.op("Mul", [wc, act]), [1]), bc])
+        else:
+            gl = b.op("Squeeze", [grad, b.const([-1])])
+            score = None
+            if method == "gradcampp":
+                s = b.reduce("ReduceSum", b.op("Mul", [output, weights]), [1])
+                score = b.op("Unsqueeze", [s, b.const(list(range(2, nd)))])
+            raw = _cam_rule(b, method, act, gl, score, nd)
+        post = _postprocess(b, raw, per_sample[1:], upsample, normalize, method in _FLIPPED)
+        b.op("Identity", [post], out=SALIENCY)
+    g.node.extend(b.nodes)
+
+    batch_dim = int(fixed) if fixed is not None else "batch"
+    sal_shape = [batch_dim] + ([1] + list(per_sample[1:] if upsample else shapes[layer][2:])
+                               if layer else list(per_sample))
+    del g.output[:]
+    g.output.extend(proto.graph.output)
+    g.output.append(helper.make_tensor_value_info(SALIENCY, onnx.TensorProto.FLOAT, sal_shape))
+    g.input.append(helper.make_tensor_value_info(CLASS_IDX, onnx.TensorProto.INT64, [None]))
+    g.initializer.append(numpy_helper.from_array(
+        np.array([-1 if class_idx is None else int(class_idx)], np.int64), CLASS_IDX))
+    del g.value_info[:]
+    out = passes.name_nodes(passes.dead_nodes(out))
+    out.ir_version = max(proto.ir_version, 4)  # inputs with initializers are optional from IR 4
+    meta = {"method": method, "layer": layer, "output": output, "upsample": bool(upsample),
+            "normalize": bool(normalize), "input_shape": list(per_sample),
+            "batch": "dynamic" if fixed is None else int(fixed)}
+    helper.set_model_props(out, {**{p.key: p.value for p in proto.metadata_props},
+                                 _META: json.dumps(meta)})
+    return out
+
+
+def _has(proto: onnx.ModelProto, name: str) -> bool:
+    try:
+        graph.resolve_layer(proto, name)
+        return True
+    except ValueError:
+        return False
