@@ -1,4 +1,4 @@
-"""``onnx-xai`` command line: ``demo``, ``explain``, ``layers``, ``audit``.
+"""``onnx-xai`` command line: ``demo``, ``explain``, ``layers``, ``audit``, ``export``.
 
 Exit codes: 0 success, 1 some inputs failed (listed; the rest is written), 2 bad arguments.
 """
@@ -243,6 +243,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _report_failures(records)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write an explaining model (outputs + ``saliency``) next to nothing else, atomically."""
+    from .export import export_explainer
+    from .visualize._io import atomic_write_bytes
+
+    if not Path(args.model).is_file():
+        raise FileNotFoundError(f"no ONNX model at {str(args.model)!r}")
+    proto = export_explainer(args.model, args.method, target_layers=args.layer,
+                             class_idx=args.class_idx, upsample=not args.no_upsample,
+                             normalize=not args.no_normalize)
+    path = atomic_write_bytes(args.out, proto.SerializeToString())
+    print(f"{path}: outputs {[o.name for o in proto.graph.output]}, method {args.method}")
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onnx-xai", description="Explain ONNX models with ONNX Runtime.")
@@ -284,6 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
     _explaining(audit)
     _common(audit)
     audit.set_defaults(func=cmd_audit)
+
+    from .export import EXPORT_METHODS
+    export = sub.add_parser("export", help="write one ONNX model returning the outputs and a saliency map")
+    export.add_argument("model", help="the .onnx model")
+    export.add_argument("--method", default="gradcam", choices=EXPORT_METHODS)
+    export.add_argument("--layer", default=None, help="CAM target layer (default: the last spatial layer)")
+    export.add_argument("--class-idx", type=int, default=None,
+                        help="default of the model's optional class_idx input (default: -1, argmax)")
+    export.add_argument("--no-upsample", action="store_true", help="CAM map at the layer's resolution")
+    export.add_argument("--no-normalize", action="store_true", help="raw CAM values")
+    export.add_argument("-o", "--out", required=True, help="output .onnx file")
+    export.add_argument("--debug", action="store_true", help="show tracebacks")
+    export.set_defaults(func=cmd_export)
     return parser
 
 
