@@ -248,6 +248,8 @@ def _plain(obj: Any) -> Any:
         return obj.item()
     if isinstance(obj, np.ndarray):
         return obj.tolist()
+    if callable(obj):
+        return getattr(obj, "__name__", type(obj).__name__)
     return str(obj)
 
 

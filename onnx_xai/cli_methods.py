@@ -14,6 +14,7 @@ import numpy as np
 
 import onnx_xai
 
+from .methods.cam import minmax_normalizer
 from .runtime import Model
 from .scores import activation
 
@@ -137,18 +138,24 @@ def run(name: str, model: Model, x: np.ndarray, target: int, options: dict, side
     params.update(options.get("extra") or {})
     cls = getattr(onnx_xai, method.attr)
     spatial = tuple(x.shape[2:])
-    if method.kind == "cam":
+    if method.kind == "cam":  # hot = 1: MONAI's default normaliser would flip the map
         params.setdefault("target_layers", default_layer(model, sidecar))
+        params.setdefault("postprocessing", minmax_normalizer)
     if method.kind == "matlab":
         params.setdefault("activation", "softmax")
         kwargs = _accepted(cls, dict(params, verbose=verbose))
-        return _to_map(cls(model, x[0], target, **kwargs), spatial), params
+        return _to_map(cls(model, x[0], target, **kwargs), spatial), _recordable(params)
     explainer = cls(model, **_accepted(cls, dict(params, verbose=verbose)))
     if method.kind == "occlusion":  # MONAI returns the occluded probability: turn it into a drop
         occ = np.asarray(explainer(x)[0], np.float32)[0, target]
         base = activation(True)(model.predict(x, verbose=False))[0, target]
-        return (np.float32(base) - occ).astype(np.float32), params
-    return _to_map(_call_with_target(explainer, x, target), spatial), params
+        return (np.float32(base) - occ).astype(np.float32), _recordable(params)
+    return _to_map(_call_with_target(explainer, x, target), spatial), _recordable(params)
+
+
+def _recordable(params: dict) -> dict:
+    """Parameters as JSON can hold them (functions by name)."""
+    return {k: getattr(v, "__name__", repr(v)) if callable(v) else v for k, v in params.items()}
 
 
 def run_embedded(model: Model, x: np.ndarray, target: int) -> np.ndarray:

@@ -12,7 +12,8 @@ import numpy as np
 from scipy.special import erf
 
 from ..engines.occlusion import Occluder, blend, occlusion_scores
-from ..runtime import Model, ModelSource, sigmoid, softmax
+from ..runtime import Model, ModelSource
+from ..scores import activation, class_scores
 
 Mode = Union[str, float, Callable]
 
@@ -105,6 +106,7 @@ class OcclusionSensitivity:
         self.model = model if isinstance(model, Model) else Model(model)
         self.mask_size, self.n_batch, self.verbose = mask_size, int(n_batch), verbose
         self.mode, self.overlap, self.activate = mode, float(overlap), activate
+        self._scores = activation(activate)
 
     def __call__(self, x: np.ndarray, b_box: Sequence[int] | None = None,
                  **extra_inputs) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +140,8 @@ class OcclusionSensitivity:
         starts = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(spatial))
         lo = starts + np.asarray(crop_lo)
         scores = occlusion_scores(
-            self.model, x, lo, lo + np.asarray(mask), self._occluder(x, mask), self._activate,
+            self.model, x, lo, lo + np.asarray(mask), self._occluder(x, mask),
+            lambda out: class_scores(out, self._scores, len(out)),
             n_batch=self.n_batch, extra_inputs=extra_inputs, verbose=self.verbose,
             desc="OcclusionSensitivity")
         blended = blend(scores, starts, importance_map(mask, self.mode == "gaussian"), region)
@@ -186,13 +189,3 @@ class OcclusionSensitivity:
             return Occluder.patch_mean()
         value = float(x.mean(dtype=np.float64)) if self.mode == "mean_img" else float(self.mode)
         return Occluder.constant(np.full(x.shape[1], value, np.float32))
-
-    def _activate(self, out: np.ndarray) -> np.ndarray:
-        if out.ndim != 2:
-            raise ValueError(f"OcclusionSensitivity needs a classifier output (B, K); the model "
-                             f"returns shape {out.shape}")
-        if callable(self.activate):
-            return np.asarray(self.activate(out))
-        if self.activate:
-            return softmax(out, axis=1) if out.shape[1] > 1 else sigmoid(out)
-        return out
