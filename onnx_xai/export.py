@@ -253,6 +253,12 @@ def export_explainer(model: Any, method: str = "gradcam", target_layers: str | S
         raise ValueError(f"batch_size must be None or a positive integer, got {batch_size!r}")
     m = model if isinstance(model, Model) else Model(model, device="cpu", verbose=False)
     proto = m.require_proto("export_explainer")
+    contrib = [f"{n.domain}:{n.op_type} ({n.name!r})" for n in proto.graph.node
+               if n.domain not in ("", "ai.onnx")]
+    if contrib:
+        raise UnsupportedModelError(f"the model uses non-standard operators {contrib[:5]}; an "
+                                    "exported explainer must run on any ONNX runtime, so it needs "
+                                    "standard ONNX operators only")
     opset = _opset(proto)
     output = m._check_outputs(output)[0]
     per_sample = tuple(input_shape) if input_shape is not None else tuple(m.input.shape[1:])

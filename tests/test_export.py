@@ -1,0 +1,232 @@
+"""export_explainer: the exported graph run by ONNX Runtime gives the Python API's maps (which
+are themselves checked against MONAI / torch) on a ResNet, a 3D CNN and the shipped
+EfficientNet-Lite0, for mixed class_idx (−1 = argmax) at batch 3 and 1 from one file; the
+vanilla gradient against torch autograd; onnx.reference as a second runtime; standard ops;
+the CLI subcommand; errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+import onnx_xai as ox  # noqa: E402
+from conftest import export_onnx  # noqa: E402
+from onnx_xai import Model, UnsupportedModelError, assets, synthetic  # noqa: E402
+from onnx_xai.export import EXPORT_METHODS, export_explainer  # noqa: E402
+
+TOL = 1e-5
+CLASSES = {"gradcam": ox.GradCAM, "gradcampp": ox.GradCAMpp, "layercam": ox.LayerCAM,
+           "xgradcam": ox.XGradCAM, "hirescam": ox.HiResCAM, "cam": ox.CAM,
+           "vanilla": ox.VanillaGrad, "inputxgrad": ox.InputXGradient}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _private_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ONNX_XAI_CACHE", str(tmp_path_factory.mktemp("export_cache")))
+    yield
+    mp.undo()
+
+
+class Block(nn.Module):
+    """torchvision BasicBlock (one ReLU module called twice)."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                           if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+        idt = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))) + idt)
+
+
+class ResNet(nn.Module):
+    def __init__(self, n_classes=5):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 7, 2, 3, bias=False), nn.BatchNorm2d(8)
+        self.relu, self.maxpool = nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+        self.layer1, self.layer2 = Block(8, 8, 1), Block(8, 16, 2)
+        self.layer4 = nn.Sequential(Block(16, 24, 2), Block(24, 24, 1))
+        self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(24, n_classes)
+
+    def forward(self, x):
+        x = self.layer4(self.layer2(self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(1)
+    net = ResNet().eval()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    return net, Model(export_onnx(net, torch.randn(2, 3, 40, 48)), device="cpu", verbose=False)
+
+
+def session(proto: onnx.ModelProto) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # the optional class_idx input is an initializer: ORT warns
+    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def python_map(model, method, layer, x, idx):
+    """The Python API's map for ``x`` and classes ``idx``."""
+    cls = CLASSES[method]
+    explainer = cls(model) if method in ("vanilla", "inputxgrad") else cls(model, layer)
+    return explainer(x, idx)
+
+
+def check_against_python(model, method, layer, x, class_idx):
+    """Export, run batch N with ``class_idx`` and batch 1 without it; compare; max diff."""
+    proto = export_explainer(model, method, layer)
+    s = session(proto)
+    outputs, saliency = s.run(None, {model.input_name: x, "class_idx": np.asarray(class_idx, np.int64)})
+    logits = model.predict(x)
+    np.testing.assert_allclose(outputs, logits, atol=1e-5)
+    idx = np.where(np.asarray(class_idx) < 0, logits.argmax(1), class_idx)
+    ref = python_map(model, method, layer, x, idx)
+    assert saliency.shape == ref.shape
+    diff = np.abs(saliency - ref).max()
+    assert diff <= TOL * max(1.0, np.abs(ref).max()), (method, diff)
+    single = s.run(["saliency"], {model.input_name: x[1:2]})[0]  # no class_idx: argmax
+    ref1 = python_map(model, method, layer, x[1:2], None)
+    assert np.abs(single - ref1).max() <= TOL * max(1.0, np.abs(ref1).max())
+    return proto, diff
+
+
+@pytest.mark.parametrize("method", EXPORT_METHODS)
+def test_resnet_matches_python_api(resnet, method):
+    x = np.random.default_rng(0).normal(size=(3, 3, 40, 48)).astype(np.float32)
+    proto, _ = check_against_python(resnet[1], method, "layer4", x, [2, -1, 0])
+    assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}
+    assert [(o.domain, o.version) for o in proto.opset_import] == [("", 17)]
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and not any(i.name.startswith("__xai") for i in proto.graph.input)
+
+
+@pytest.mark.parametrize("method", EXPORT_METHODS)
+def test_3d_matches_python_api(method):
+    model = Model(assets.model_dir() / "synthetic_blobs3d.onnx", device="cpu", verbose=False)
+    x = synthetic.blobs_3d(3, seed=3)[0].astype(np.float32)
+    check_against_python(model, method, "/10/Relu", x, [1, -1, 0])
+
+
+@pytest.mark.parametrize("method", ["vanilla", "gradcam"])
+def test_shipped_model_matches_python_api(method):
+    model = Model(assets.efficientnet_lite0(), device="cpu", verbose=False)
+    x = np.random.default_rng(1).normal(size=(3, 3, 224, 224)).astype(np.float32)
+    check_against_python(model, method, "_blocks.10", x, [281, -1, 7])
+
+
+def test_vanilla_gradient_equals_torch_autograd(resnet):
+    net, model = resnet
+    x = torch.randn(3, 3, 40, 48, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    classes = [4, 0, 2]
+    net(x)[torch.arange(3), torch.tensor(classes)].sum().backward()
+    got = session(export_explainer(model, "vanilla")).run(
+        ["saliency"], {"x": x.detach().numpy(), "class_idx": np.array(classes)})[0]
+    np.testing.assert_allclose(got, x.grad.numpy(), atol=1e-5 * float(x.grad.abs().max()))
+
+
+def test_raw_maps_class_default_and_fixed_batch(resnet):
+    _, model = resnet
+    x = np.random.default_rng(2).normal(size=(2, 3, 40, 48)).astype(np.float32)
+    proto = export_explainer(model, "hirescam", "layer4", class_idx=3, upsample=False,
+                             normalize=False, batch_size=2)
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [2, 3, 40, 48]
+    got = session(proto).run(["saliency"], {"x": x})[0]  # class_idx defaults to 3
+    ref = ox.HiResCAM(model, "layer4").compute_map(x, 3)
+    assert got.shape == ref.shape == (2, 1, 3, 3)
+    np.testing.assert_allclose(got, ref, atol=1e-5 * max(1.0, np.abs(ref).max()))
+
+
+def test_reference_evaluator_gives_the_same_outputs(tiny_cnn):
+    """onnx.reference (a second, pure-Python runtime) agrees with ORT; full checker passes."""
+    from onnx.reference import ReferenceEvaluator
+
+    proto = export_explainer(tiny_cnn[1], "gradcampp")
+    onnx.checker.check_model(proto, full_check=True)
+    x = np.random.default_rng(3).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    ref, s = ReferenceEvaluator(proto), session(proto)
+    for feeds in ({"x": x}, {"x": x, "class_idx": np.array([4, 1])}):
+        for a, b in zip(ref.run(None, feeds), s.run(None, feeds)):
+            np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_cli_export_then_explain(tmp_path):
+    model = assets.model_dir() / "synthetic_blobs3d.onnx"
+    out = tmp_path / "explainer.onnx"
+    cmd = [sys.executable, "-m", "onnx_xai.cli"]
+    r = subprocess.run(cmd + ["export", str(model), "--method", "gradcam", "--layer", "/10/Relu",
+                              "-o", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["explainer.onnx"]  # no temp file left
+    x = synthetic.blobs_3d(2, seed=4)[0].astype(np.float32)
+    got = session(onnx.load(out)).run(["saliency"], {"input": x})[0]
+    m = Model(model, device="cpu", verbose=False)
+    np.testing.assert_allclose(got, ox.GradCAM(m, "/10/Relu")(x), atol=TOL)
+    np.save(tmp_path / "vol.npy", x[0])
+    r = subprocess.run(cmd + ["explain", str(out), str(tmp_path / "vol.npy"), "--out",
+                              str(tmp_path / "o"), "--quiet"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "o" / "vol_npy_embedded.npy"), got[0, 0], atol=1e-6)
+    bad = subprocess.run(cmd + ["export", str(model), "--layer", "nosuch", "-o", str(tmp_path / "b.onnx")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "no tensor, node or module named 'nosuch'" in bad.stderr
+    assert not (tmp_path / "b.onnx").exists()
+
+
+def _model_with(node, domain: str | None = None, shape=(1, 3, 8, 8)) -> bytes:
+    """Conv → ``node`` (reads c, writes n) → global pooling → MatMul, input ``shape``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.full((4, 3, 3, 3), 0.1, np.float32), "w"),
+             numpy_helper.from_array(np.ones((4, 2), np.float32), "fc"),
+             numpy_helper.from_array(np.array([[0, 0, 0, 7, 7]], np.float32), "rois")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), node,
+             helper.make_node("GlobalAveragePool", ["n"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("MatMul", ["f", "fc"], ["y"])]
+    g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [shape[0], 2])], inits)
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    return helper.make_model(g, opset_imports=opsets, ir_version=8).SerializeToString()
+
+
+def test_errors(resnet):
+    from onnx import helper
+
+    _, model = resnet
+    with pytest.raises(ValueError, match="method must be one of"):
+        export_explainer(model, "scorecam")
+    with pytest.raises(ValueError, match="closest names"):
+        export_explainer(model, "gradcam", "layer9")
+    with pytest.raises(ValueError, match="class_idx must be"):
+        export_explainer(model, "gradcam", "layer4", class_idx=-3)
+    with pytest.raises(ValueError, match="spatial extent"):
+        export_explainer(model, "gradcam", "fc")
+    roi = helper.make_node("MaxRoiPool", ["c", "rois"], ["n"], pooled_shape=[2, 2], name="the_roi_pool")
+    with pytest.raises(UnsupportedModelError, match="no reverse rule for MaxRoiPool .node 'the_roi_pool'"):
+        export_explainer(_model_with(roi), "vanilla")
+    gelu = helper.make_node("Gelu", ["c"], ["n"], name="ms_gelu", domain="com.microsoft")
+    with pytest.raises(UnsupportedModelError, match="com.microsoft:Gelu .'ms_gelu'"):
+        export_explainer(_model_with(gelu, "com.microsoft"), "gradcam", "c")
+    relu = helper.make_node("Relu", ["c"], ["n"])
+    free_hw = _model_with(relu, shape=("b", 3, "h", "w"))
+    with pytest.raises(ValueError, match="input_shape"):
+        export_explainer(free_hw, "vanilla")
+    proto = export_explainer(free_hw, "gradcam", "n", input_shape=(3, 8, 6))  # spatial dims fixed
+    assert [d.dim_value or d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim] == ["batch", 3, 8, 6]
+    assert session(proto).run(["saliency"], {"x": np.ones((2, 3, 8, 6), np.float32)})[0].shape == (2, 1, 8, 6)
