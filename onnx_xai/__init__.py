@@ -11,6 +11,7 @@ from .methods.saliency import (GuidedBackpropGrad, GuidedBackpropSmoothGrad, Inp
 from .methods.saliency_net import SaliencyNet
 from .methods.cam import CAM, EigenCAM, GradCAM, GradCAMpp, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
 from .matlab import grad_cam
+from .export import export_explainer
 
 __all__ = [
     "Model", "TensorInfo", "OcclusionSensitivity", "occlusion_sensitivity", "cuda_status", "softmax", "sigmoid",
@@ -20,4 +21,5 @@ __all__ = [
     "IntegratedGradients", "InputXGradient", "SaliencyNet",
     "CAM", "GradCAM", "GradCAMpp", "ScoreCAM", "LayerCAM", "XGradCAM", "HiResCAM", "EigenCAM", "grad_cam",
 ]
+__all__ += ["export_explainer"]
 __version__ = "0.1.0"
