@@ -126,8 +126,8 @@ def _relax_batch(p2: onnx.ModelProto, p3: onnx.ModelProto, batch_inputs: list[st
     g.node.extend(b.nodes + kept)
     g.initializer.extend(inits)
     for value in g.input:
-        if value.name in batch_inputs:
-            dims = value.type.tensor_type.shape.dim
+        dims = value.type.tensor_type.shape.dim
+        if value.name in batch_inputs and len(dims) and dims[0].dim_value == 2:
             dims[0].Clear()
             dims[0].dim_param = "batch"
     del g.value_info[:]
@@ -267,10 +267,12 @@ def export_explainer(model: Any, method: str = "gradcam", target_layers: str | S
                          "shape with input_shape=(C, H, W[, D])")
     per_sample = tuple(int(s) for s in per_sample)
     fixed = m.input.shape[0] if isinstance(m.input.shape[0], int) else batch_size
-    types = graph.tensor_types(graph.static_shapes(proto, {m.input_name: (1,) + per_sample}))
-    if types.get(output) != onnx.TensorProto.FLOAT:
-        raise UnsupportedModelError(f"output {output!r} is not float32; export_explainer needs a "
-                                    "float32 classifier output")
+    static = graph.static_shapes(proto, {m.input_name: (1,) + per_sample})
+    shapes = graph.tensor_shapes(static)
+    if graph.tensor_types(static).get(output) != onnx.TensorProto.FLOAT or len(shapes.get(output, ())) != 2:
+        raise UnsupportedModelError(f"output {output!r} is {shapes.get(output)} at batch 1 (type "
+                                    f"{graph.tensor_types(static).get(output)}); export_explainer "
+                                    "needs a float32 (B, K) classifier output")
 
     layer = None
     if method in _CAM_GRAD + ("cam",):
@@ -288,19 +290,16 @@ def export_explainer(model: Any, method: str = "gradcam", target_layers: str | S
         else:
             (c2, act, grad, weights), (c3, *_) = build(2), build(3)
             core = _relax_batch(c2, c3, [i.name for i in m.inputs])
-    return _finish(m, proto, core, method, act, grad, weights, output, per_sample, opset,
+    return _finish(m, proto, shapes, core, method, act, grad, weights, output, per_sample, opset,
                    class_idx, upsample, normalize, fixed, layer, fc_layers)
 
 
-def _finish(m, proto, core, method, act, grad, weights, output, per_sample, opset, class_idx,
-            upsample, normalize, fixed, layer, fc_layers) -> onnx.ModelProto:
+def _finish(m, proto, shapes, core, method, act, grad, weights, output, per_sample, opset,
+            class_idx, upsample, normalize, fixed, layer, fc_layers) -> onnx.ModelProto:
+    """``core`` plus the class head, the map and the public inputs / outputs."""
     out = onnx.ModelProto()
     out.CopyFrom(core)
     g = out.graph
-    shapes = graph.tensor_shapes(graph.static_shapes(proto, {m.input_name: (1,) + per_sample}))
-    if len(shapes[output]) != 2:
-        raise UnsupportedModelError(f"output {output!r} has shape {shapes[output]} at batch 1; "
-                                    "export_explainer needs a (B, K) classifier output")
     n_classes = shapes[output][1]
     b = _Builder(out, opset)
     idx = _class_head(b, output, n_classes, weights)
