@@ -69,15 +69,6 @@ def _opset(proto: onnx.ModelProto) -> int:
 
 
 # ---------------------------------------------------------------------------- batch relaxation
-def _constants(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
-    out = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    for node in proto.graph.node:
-        if node.op_type == "Constant":
-            out[node.output[0]] = numpy_helper.to_array(node.attribute[0].t) if (
-                node.attribute[0].name == "value") else None
-    return out
-
-
 def _signature(proto: onnx.ModelProto) -> list:
     return [(n.op_type, tuple(n.input), tuple(n.output),
              tuple((a.name, str(helper.get_attribute_value(a))) for a in n.attribute
@@ -94,7 +85,7 @@ def _relax_batch(p2: onnx.ModelProto, p3: onnx.ModelProto, batch_inputs: list[st
     if _signature(p2) != _signature(p3):
         raise UnsupportedModelError("the gradient graph's structure depends on the batch size; "
                                     "export with a fixed batch_size")
-    c2, c3 = _constants(p2), _constants(p3)
+    c2, c3 = passes._constants(p2), passes._constants(p3)  # others: in _signature
     users = {}
     for node in p2.graph.node:
         for i in node.input:
@@ -102,7 +93,7 @@ def _relax_batch(p2: onnx.ModelProto, p3: onnx.ModelProto, batch_inputs: list[st
     changed = {}
     for name, v2 in c2.items():
         v3 = c3.get(name)
-        if v2 is None or v3 is None or (v2.shape == v3.shape and np.array_equal(v2, v3)):
+        if v3 is None or (v2.shape == v3.shape and np.array_equal(v2, v3)):
             continue
         d = v3.astype(np.int64) - v2.astype(np.int64) if v2.shape == v3.shape else None
         if v2.dtype != np.int64 or d is None or v2.ndim > 1 or not np.array_equal(v2[d != 0], 2 * d[d != 0]):

@@ -231,5 +231,30 @@ def test_errors(resnet):
     with pytest.raises(ValueError, match="input_shape"):
         export_explainer(free_hw, "vanilla")
     proto = export_explainer(free_hw, "gradcam", "n", input_shape=(3, 8, 6))  # spatial dims fixed
-    assert [d.dim_value or d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim] == ["batch", 3, 8, 6]
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value or d.dim_param for d in dims] == ["batch", 3, 8, 6]
     assert session(proto).run(["saliency"], {"x": np.ones((2, 3, 8, 6), np.float32)})[0].shape == (2, 1, 8, 6)
+
+
+def test_batch_relaxation_rules():
+    """Shape constants proportional to the batch are computed from Shape(x); a float constant
+    that changes with the batch is refused, naming it and its reader."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_xai.export import _relax_batch
+
+    def built(b, scale):
+        g = helper.make_graph(
+            [helper.make_node("Reshape", ["x", "shape"], ["r"], name="flat"),
+             helper.make_node("Mul", ["r", "k"], ["y"], name="scale")], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [b, 2, 3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(np.array([b * 6, -1], np.int64), "shape"),
+             numpy_helper.from_array(np.array(scale, np.float32), "k")])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+    relaxed = _relax_batch(built(2, 1.0), built(3, 1.0), ["x"])
+    x = np.arange(5 * 6, dtype=np.float32).reshape(5, 2, 3)
+    np.testing.assert_array_equal(session(relaxed).run(None, {"x": x})[0], x.reshape(30, 1))
+    with pytest.raises(UnsupportedModelError, match="constant 'k' .read by Mul 'scale'"):
+        _relax_batch(built(2, 2.0), built(3, 3.0), ["x"])
