@@ -160,6 +160,7 @@ def _recordable(params: dict) -> dict:
 
 def run_embedded(model: Model, x: np.ndarray, target: int) -> np.ndarray:
     """Run an exported explainer (a model with a ``saliency`` output) → its map for ``x``."""
-    feeds = {"class_idx": np.array([target], np.int64)} if "class_idx" in model.input_names else None
+    names = model.input_names + [i.name for i in model.optional_inputs]
+    feeds = {"class_idx": np.array([target], np.int64)} if "class_idx" in names else None
     sal = model.predict(x, outputs=["saliency"], extra_inputs=feeds, verbose=False)["saliency"]
     return _to_map(sal, tuple(x.shape[2:]))

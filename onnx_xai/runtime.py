@@ -328,18 +328,27 @@ class Model:
                              "(use Model.with_outputs to expose intermediate tensors)")
         return names
 
+    @property
+    def optional_inputs(self) -> list[TensorInfo]:
+        """Inputs with a default value (initializers that feeds may override), e.g. an
+        exported explainer's ``class_idx``; ORT leaves them out of ``get_inputs()``."""
+        return [self._info(i) for i in self.session.get_overridable_initializers()
+                if i.type in _ORT_TYPES]
+
     def check_extra_inputs(self, extra: dict[str, Any] | None) -> dict[str, np.ndarray]:
+        """The model's other inputs as arrays of their dtypes; every required one must be given."""
         extra = dict(extra or {})
         others = [i for i in self.inputs if i.name != self.input_name]
-        unknown = set(extra) - {i.name for i in others}
+        allowed = others + [i for i in self.optional_inputs if i.name in extra]
+        unknown = set(extra) - {i.name for i in allowed}
         if unknown:
             raise ValueError(f"unknown extra input(s) {sorted(unknown)}; other inputs of the model: "
-                             f"{[i.name for i in others]}")
+                             f"{[i.name for i in others + self.optional_inputs]}")
         missing = [i.name for i in others if i.name not in extra]
         if missing:
             raise ValueError(f"the model also needs input(s) {missing}: pass them as extra inputs "
                              f"({', '.join(f'{i.name}: {i.describe()}' for i in others)})")
-        return {i.name: np.asarray(extra[i.name]).astype(i.dtype, copy=False) for i in others}
+        return {i.name: np.asarray(extra[i.name]).astype(i.dtype, copy=False) for i in allowed}
 
     # ----------------------------------------------------------------- running
     def predict(self, x: Any, *, batch_size: int | None = None,
@@ -405,7 +414,7 @@ class Model:
 
     def _batch_extra(self, name: str, value: np.ndarray, b: int, n_total: int | None,
                      start: int) -> np.ndarray:
-        declared = next(i for i in self.inputs if i.name == name).shape
+        declared = next(i for i in self.inputs + self.optional_inputs if i.name == name).shape
         batch_axis = bool(declared) and not isinstance(declared[0], int) and value.ndim == len(declared)
         if batch_axis and n_total and n_total > 1 and value.shape[0] == n_total:
             return value[start:start + b]

@@ -183,6 +183,11 @@ def test_cli_export_then_explain(tmp_path):
                               str(tmp_path / "o"), "--quiet"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     np.testing.assert_allclose(np.load(tmp_path / "o" / "vol_npy_embedded.npy"), got[0, 0], atol=1e-6)
+    r = subprocess.run(cmd + ["explain", str(out), str(tmp_path / "vol.npy"), "--target", "0", "--out",
+                              str(tmp_path / "t"), "--quiet"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr  # the optional class_idx input is fed: the map is class 0 (not the argmax, 1)
+    np.testing.assert_allclose(np.load(tmp_path / "t" / "vol_npy_embedded.npy"),
+                               ox.GradCAM(m, "/10/Relu")(x[:1], class_idx=0)[0, 0], atol=TOL)
     bad = subprocess.run(cmd + ["export", str(model), "--layer", "nosuch", "-o", str(tmp_path / "b.onnx")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no tensor, node or module named 'nosuch'" in bad.stderr
