@@ -54,7 +54,7 @@ def machine() -> str:
     import numba
     return (f"{cpu}, {os.cpu_count()} cores{mem}; Python {platform.python_version()}, onnxruntime "
             f"{ort.__version__}, numpy {np.__version__}, numba {numba.__version__}; {THREADS} threads "
-            "for every library")
+            f"for every library; load average at the start {os.getloadavg()[0]:.1f}")
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
@@ -336,7 +336,9 @@ def main() -> None:
         f"Median of {a.repeats} interleaved runs after one warm-up. \"bare ORT\" runs the same "
         "number of images through the same ONNX Runtime session at the same batch size: the floor "
         "for a perturbation method. Peers run the same weights (torch for MONAI / Captum, "
-        "ONNX Runtime for DIANNA) with 2 threads.",
+        "ONNX Runtime for DIANNA) with 2 threads. DIANNA runs in its own venv and process, not "
+        "interleaved with ours: on a loaded machine compare it through its own bare-ORT ratio only "
+        "with care.",
         table(["method", "settings", "ours (s)", "bare ORT (s)", "ours ÷ ORT", "peer", "peer (s)",
                "ours vs peer"], speed),
         "\n".join(f"- {n}" for n in speed_notes) or "",

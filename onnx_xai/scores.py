@@ -41,7 +41,8 @@ def check_index(index: Any, n_classes: int) -> list[int] | None:
         return None
     many = not isinstance(index, (int, np.integer))
     values = list(np.atleast_1d(np.asarray(index))) if many else [index]
-    if not values or any(not isinstance(v, (int, np.integer)) or not 0 <= v < n_classes for v in values):
+    if not values or any(not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_))
+                         or not 0 <= v < n_classes for v in values):
         raise ValueError(f"index must be None, a class index or a sequence of class indices in "
                          f"[0, {n_classes}), got {index!r}")
     return [int(v) for v in values]
