@@ -6,13 +6,16 @@ so inner loops run along W). Grids are ``(n, g0, g1, g2)`` uint8 (0/1), one grid
 ``cells[a]`` pixels along axis ``a``; a mask's value at pixel ``i`` is the linear interpolation
 of the grid at grid coordinate ``(i + 0.5 + shift) / cell - 0.5``, clamped to the grid (edges
 replicate). Separable: interpolate along axis 2, then 1, then 0.
+
+Serial on purpose: measured next to ONNX Runtime (2 threads, EfficientNet-Lite0), parallel
+numba threads contend with ORT's spinning workers (RISE ÷ bare ORT 1.11 parallel, 1.01 serial).
 """
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-_BLOCK = 4096  # pixels per parallel chunk of the accumulation
+_BLOCK = 4096  # pixels per chunk of the accumulation (the chunk of sal stays in cache)
 
 
 @njit(cache=True, inline="always")
@@ -27,7 +30,7 @@ def _coord(i, shift, cell, g):
     return i0, min(i0 + 1, g - 1), np.float32(t - i0)
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, nogil=True)
 def fill_masked_batch(x, grids, shifts, cells, masks, out, work2, work1):
     """Write ``n = len(grids)`` masks into ``masks[:n]`` and ``x * mask`` into ``out[:n]``.
 
@@ -43,7 +46,7 @@ def fill_masked_batch(x, grids, shifts, cells, masks, out, work2, work1):
     n, g0, g1, g2 = grids.shape
     s0, s1, s2 = masks.shape[1:]
     nc, p_ = x.shape
-    for b in prange(n):
+    for b in range(n):
         g, t2, t1, m = grids[b], work2[b], work1[b], masks[b]
         for k in range(s2):  # along axis 2, on the grid's rows
             k0, k1, wk = _coord(k, shifts[b, 2], cells[2], g2)
@@ -67,7 +70,7 @@ def fill_masked_batch(x, grids, shifts, cells, masks, out, work2, work1):
                 oc[p] = xc[p] * mf[p]
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, nogil=True)
 def accumulate(masks, weights, sal):
     """``sal[k, p] += Σ_b weights[b, k] · masks[b, p]`` for ``b < len(weights)``.
 
@@ -78,7 +81,7 @@ def accumulate(masks, weights, sal):
     """
     n, k_ = weights.shape
     p_ = sal.shape[1]
-    for blk in prange((p_ + _BLOCK - 1) // _BLOCK):
+    for blk in range((p_ + _BLOCK - 1) // _BLOCK):
         lo = blk * _BLOCK
         hi = min(lo + _BLOCK, p_)
         for k in range(k_):
