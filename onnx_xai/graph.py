@@ -37,14 +37,18 @@ def resolve_tensor(proto: onnx.ModelProto, name: str) -> str:
     A node name stands for the node's first output. Raises ``ValueError`` listing the
     closest real names when ``name`` is neither.
     """
-    names = tensor_names(proto)
-    if name in names:
-        return name
-    for node in proto.graph.node:
-        if node.name == name and node.output:
-            return node.output[0]
-    near = closest_names(name, names + [n.name for n in proto.graph.node if n.name])
+    found = _tensor_or_node_output(proto, name)
+    if found is not None:
+        return found
+    near = closest_names(name, tensor_names(proto) + [n.name for n in proto.graph.node if n.name])
     raise ValueError(f"no tensor or node named {name!r} in the model; closest names: {near}")
+
+
+def _tensor_or_node_output(proto: onnx.ModelProto, name: str) -> str | None:
+    """``name`` if it is a tensor, the first output of the node called ``name``, else None."""
+    if name in tensor_names(proto):
+        return name
+    return next((n.output[0] for n in proto.graph.node if n.name == name and n.output), None)
 
 
 def _inferred_value_infos(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
@@ -141,12 +145,10 @@ def resolve_layer(proto: onnx.ModelProto, name: str) -> str:
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"a layer must be a non-empty string, got {name!r}")
+    found = _tensor_or_node_output(proto, name)
+    if found is not None:
+        return found
     names = tensor_names(proto)
-    if name in names:
-        return name
-    for node in proto.graph.node:
-        if node.name == name and node.output:
-            return node.output[0]
     module = name.strip("/").replace("/", ".")
     last = None
     for node in proto.graph.node:

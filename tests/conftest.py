@@ -6,6 +6,8 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 
 def export_onnx(module, example, *, dynamic_batch: bool = True, input_names=("x",),
@@ -45,3 +47,31 @@ def tiny_cnn():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Built gradient models go to a temporary cache, never the user's."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ONNX_XAI_CACHE", str(tmp_path_factory.mktemp("gradient_cache")))
+    yield
+    mp.undo()
+
+
+class BasicBlock(nn.Module):
+    """torchvision-style BasicBlock: one ReLU module called twice (exports relu, relu_1)."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                           if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+        idt = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + idt)

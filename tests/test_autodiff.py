@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_xai import Model, UnsupportedModelError, assets
 from onnx_xai.autodiff import available_backends, cache, gradient_model, gradients, passes
 
-from conftest import export_onnx
+from conftest import BasicBlock, export_onnx
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -65,25 +65,6 @@ def torch_grads(net, x, cls, layer=None, guided=False, dtype=None):
 
 
 # ----------------------------------------------------------------------------- models
-class Block(nn.Module):
-    """torchvision-style BasicBlock: one ReLU module called twice (exports relu, relu_1)."""
-
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                           if stride != 1 or cin != cout else None)
-
-    def forward(self, x):
-        idt = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + idt)
-
-
 class ResNetLike(nn.Module):
     def __init__(self, n_classes=6):
         super().__init__()
@@ -91,10 +72,10 @@ class ResNetLike(nn.Module):
         self.bn1 = nn.BatchNorm2d(8)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = nn.Sequential(Block(8, 8, 1))
-        self.layer2 = nn.Sequential(Block(8, 16, 2))
-        self.layer3 = nn.Sequential(Block(16, 16, 2))
-        self.layer4 = nn.Sequential(Block(16, 24, 2), Block(24, 24, 1))
+        self.layer1 = nn.Sequential(BasicBlock(8, 8, 1))
+        self.layer2 = nn.Sequential(BasicBlock(8, 16, 2))
+        self.layer3 = nn.Sequential(BasicBlock(16, 16, 2))
+        self.layer4 = nn.Sequential(BasicBlock(16, 24, 2), BasicBlock(24, 24, 1))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(24, n_classes)
 

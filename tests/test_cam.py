@@ -11,7 +11,7 @@ monai_cam = pytest.importorskip("monai.visualize.class_activation_maps")
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from conftest import export_onnx  # noqa: E402
+from conftest import BasicBlock, export_onnx  # noqa: E402
 from onnx_xai import Model, UnsupportedModelError  # noqa: E402
 from onnx_xai.engines.cam import linear_resize  # noqa: E402
 from onnx_xai.matlab import grad_cam, imresize_matrix  # noqa: E402
@@ -21,42 +21,16 @@ from onnx_xai.methods.cam import (CAM, EigenCAM, GradCAM, GradCAMpp, HiResCAM, L
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _private_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ONNX_XAI_CACHE", str(tmp_path_factory.mktemp("cam_cache")))
-    yield
-    mp.undo()
-
-
 # ----------------------------------------------------------------------------- models
-class Block(nn.Module):
-    """torchvision BasicBlock: one ReLU module called twice."""
-
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                           if stride != 1 or cin != cout else None)
-
-    def forward(self, x):
-        idt = x if self.downsample is None else self.downsample(x)
-        return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))) + idt)
-
-
 class ResNet(nn.Module):
     def __init__(self, n_classes=5):
         super().__init__()
         self.conv1, self.bn1 = nn.Conv2d(3, 8, 7, 2, 3, bias=False), nn.BatchNorm2d(8)
         self.relu, self.maxpool = nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
-        self.layer1 = nn.Sequential(Block(8, 8, 1))
-        self.layer2 = nn.Sequential(Block(8, 16, 2))
-        self.layer3 = nn.Sequential(Block(16, 16, 1))
-        self.layer4 = nn.Sequential(Block(16, 24, 2), Block(24, 24, 1))
+        self.layer1 = nn.Sequential(BasicBlock(8, 8, 1))
+        self.layer2 = nn.Sequential(BasicBlock(8, 16, 2))
+        self.layer3 = nn.Sequential(BasicBlock(16, 16, 1))
+        self.layer4 = nn.Sequential(BasicBlock(16, 24, 2), BasicBlock(24, 24, 1))
         self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(24, n_classes)
 
     def forward(self, x):

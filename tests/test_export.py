@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import onnx_xai as ox  # noqa: E402
-from conftest import export_onnx  # noqa: E402
+from conftest import BasicBlock, export_onnx  # noqa: E402
 from onnx_xai import Model, UnsupportedModelError, assets, synthetic  # noqa: E402
 from onnx_xai.export import EXPORT_METHODS, export_explainer  # noqa: E402
 
@@ -27,37 +27,13 @@ CLASSES = {"gradcam": ox.GradCAM, "gradcampp": ox.GradCAMpp, "layercam": ox.Laye
            "vanilla": ox.VanillaGrad, "inputxgrad": ox.InputXGradient}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _private_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ONNX_XAI_CACHE", str(tmp_path_factory.mktemp("export_cache")))
-    yield
-    mp.undo()
-
-
-class Block(nn.Module):
-    """torchvision BasicBlock (one ReLU module called twice)."""
-
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
-        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU()
-        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                           if stride != 1 or cin != cout else None)
-
-    def forward(self, x):
-        idt = x if self.downsample is None else self.downsample(x)
-        return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))) + idt)
-
-
 class ResNet(nn.Module):
     def __init__(self, n_classes=5):
         super().__init__()
         self.conv1, self.bn1 = nn.Conv2d(3, 8, 7, 2, 3, bias=False), nn.BatchNorm2d(8)
         self.relu, self.maxpool = nn.ReLU(), nn.MaxPool2d(3, 2, 1)
-        self.layer1, self.layer2 = Block(8, 8, 1), Block(8, 16, 2)
-        self.layer4 = nn.Sequential(Block(16, 24, 2), Block(24, 24, 1))
+        self.layer1, self.layer2 = BasicBlock(8, 8, 1), BasicBlock(8, 16, 2)
+        self.layer4 = nn.Sequential(BasicBlock(16, 24, 2), BasicBlock(24, 24, 1))
         self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(24, n_classes)
 
     def forward(self, x):
