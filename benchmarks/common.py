@@ -45,8 +45,13 @@ def median_time(fn: Callable[[], object], repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 3) -> dict[str, float]:
-    """Median time of each function, runs interleaved so that machine load hits all alike."""
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 3,
+                warmup: bool = False) -> dict[str, float]:
+    """Median time of each function, runs interleaved so that machine load hits all alike
+    (after one untimed call each when ``warmup``)."""
+    if warmup:
+        for fn in fns.values():
+            fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for key, fn in fns.items():

@@ -8,47 +8,18 @@ batch size (the floor any perturbation method pays), median of interleaved repea
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from typing import Callable
+import sys
+from pathlib import Path
 
-import numpy as np
+from onnx_xai import RISE
 
-from onnx_xai import RISE, Model, assets
-from onnx_xai.preprocess import ImageSpec, read_image
-
-
-def cat_input() -> np.ndarray:
-    """The cat photo preprocessed for the shipped EfficientNet-Lite0: ``(1, 3, 224, 224)``."""
-    cat = next(p for p in assets.example_images() if p.stem == "chelsea")
-    return ImageSpec.for_model(assets.efficientnet_lite0()).to_input(read_image(cat))
-
-
-def bare_inference(model: Model, x: np.ndarray, n_images: int, batch: int) -> Callable[[], None]:
-    """Run ``n_images`` copies of ``x`` through the bare session, ``batch`` at a time."""
-    batch_x = np.ascontiguousarray(np.repeat(x, batch, axis=0))
-    name, out = model.input_name, model.output_names[0]
-
-    def run() -> None:
-        for start in range(0, n_images, batch):
-            model.session.run([out], {name: batch_x[:min(batch, n_images - start)]})
-    return run
-
-
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time of each function; runs interleaved so machine load hits all alike."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for key, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bare_inference, cat_input, interleaved, shipped_model  # noqa: E402
 
 
 def measure(masks: int = 1000, batch: int = 32, repeats: int = 3, threads: int = 2) -> dict[str, float]:
     """``{"rise": s, "ort": s, "ratio": rise / ort}`` on the cat photo."""
-    model = Model(assets.efficientnet_lite0(), device="cpu", threads=threads, verbose=False)
+    model = shipped_model(threads)
     x = cat_input()
     rise = RISE(model, n_masks=masks, cell_size=7, n_batch=batch, seed=0, verbose=False)
     RISE(model, n_masks=batch, n_batch=batch, seed=0, verbose=False)(x)  # compile the kernels

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -30,6 +29,9 @@ import onnxruntime as ort
 import onnx_xai
 from onnx_xai import Model, assets, metrics, synthetic
 from onnx_xai.preprocess import ImageSpec, read_image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bare_inference, interleaved  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MODELS = HERE.parent / "models"
@@ -55,29 +57,6 @@ def machine() -> str:
     return (f"{cpu}, {os.cpu_count()} cores{mem}; Python {platform.python_version()}, onnxruntime "
             f"{ort.__version__}, numpy {np.__version__}, numba {numba.__version__}; {THREADS} threads "
             f"for every library; load average at the start {os.getloadavg()[0]:.1f}")
-
-
-def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Median wall time per function; one warm-up call each, then interleaved repeats."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for key, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def bare(model: Model, x: np.ndarray, n_images: int, batch: int) -> Callable[[], None]:
-    """``n_images`` copies of ``x`` through the bare session, ``batch`` at a time."""
-    xb = np.ascontiguousarray(np.repeat(x, batch, axis=0))
-
-    def run() -> None:
-        for s in range(0, n_images, batch):
-            model.session.run(None, {model.input_name: xb[:min(batch, n_images - s)]})
-    return run
 
 
 def photo(name: str) -> np.ndarray:
@@ -115,7 +94,7 @@ def speed_rows(repeats: int, quick: bool, peers_python: str | None) -> tuple[lis
     # RISE ------------------------------------------------------------------
     n_masks, nb = (200 if quick else 1000), 32
     rise = onnx_xai.RISE(model, n_masks=n_masks, cell_size=7, n_batch=nb, seed=0, verbose=False)
-    t = interleaved({"ours": lambda: rise(x, index=CAT), "ort": bare(model, x, n_masks, nb)}, repeats)
+    t = interleaved({"ours": lambda: rise(x, index=CAT), "ort": bare_inference(model, x, n_masks, nb)}, repeats, warmup=True)
     peer, peer_t = "DIANNA RISE", None
     if peers_python:
         peer_t, why = dianna_rise(peers_python, n_masks, nb, repeats)
@@ -132,7 +111,7 @@ def speed_rows(repeats: int, quick: bool, peers_python: str | None) -> tuple[lis
                                             verbose=False)
         step = int(mask * (1 - overlap))
         n_img = len(range(0, 224 - mask + 1, step)) ** 2 + 1
-        fns = {"ours": lambda: occ(x), "ort": bare(model, x, n_img, nb)}
+        fns = {"ours": lambda: occ(x), "ort": bare_inference(model, x, n_img, nb)}
         if net is not None and not quick:
             import torch
             from monai.visualize import OcclusionSensitivity as MonaiOcc
@@ -144,7 +123,7 @@ def speed_rows(repeats: int, quick: bool, peers_python: str | None) -> tuple[lis
             fns["Captum"] = lambda: captum_occ.attribute(
                 xt, target=CAT, sliding_window_shapes=(3, mask, mask), strides=(3, step, step),
                 perturbations_per_eval=nb)
-        t = interleaved(fns, repeats)
+        t = interleaved(fns, repeats, warmup=True)
         rows.append(_row("OcclusionSensitivity", f"mask {mask}, overlap {overlap}, gaussian, batch {nb}",
                          t, n_img, "MONAI", t.get("MONAI")))
         if "Captum" in t:
@@ -160,7 +139,7 @@ def speed_rows(repeats: int, quick: bool, peers_python: str | None) -> tuple[lis
             continue
         try:
             cam = getattr(onnx_xai, name)(model, target_layers="/_swish_1/Clip")
-            fns = {"ours": lambda: cam(x, class_idx=CAT), "ort": bare(model, x, 1, 1)}
+            fns = {"ours": lambda: cam(x, class_idx=CAT), "ort": bare_inference(model, x, 1, 1)}
             peer_name = None
             if net is not None and not quick:
                 import monai.visualize as mv
@@ -168,7 +147,7 @@ def speed_rows(repeats: int, quick: bool, peers_python: str | None) -> tuple[lis
                 import torch
                 fns["MONAI"] = lambda: mcam(torch.from_numpy(x), class_idx=CAT)
                 peer_name = "MONAI"
-            t = interleaved(fns, repeats)
+            t = interleaved(fns, repeats, warmup=True)
             rows.append(_row(name, "head activation, 1 image", t, 1, peer_name, t.get("MONAI")))
         except Exception as exc:  # an API still being written: report, don't fail the table
             notes.append(f"{name}: failed to run ({type(exc).__name__}: {exc}), skipped")
