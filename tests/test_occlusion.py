@@ -177,3 +177,14 @@ def test_cat_region_drives_the_cat_class():
     # hand-drawn box around the cat's eyes and nose in the 224 x 224 input
     assert 50 <= row < 190 and 40 <= col < 175, (row, col)
     assert cat.min() < cat.mean() - 0.03  # occluding it clearly lowers the probability
+
+
+def test_argmax_kernel_matches_numpy_ties_and_nans():
+    from onnx_xai.kernels.occlusion import argmax_first_axis
+
+    rng = np.random.default_rng(3)
+    maps = rng.integers(0, 4, size=(7, 5000)).astype(np.float32)  # many ties
+    maps[3, 10] = np.nan
+    maps[5, 10] = np.nan
+    maps[2, 4999] = np.nan
+    np.testing.assert_array_equal(argmax_first_axis(maps), maps.argmax(axis=0))

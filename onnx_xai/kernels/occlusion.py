@@ -60,30 +60,54 @@ def fill_occluded(buf, x, prev_lo, prev_hi, lo, hi, kind, mul, value):  # pragma
 
 @njit(cache=True, parallel=True)
 def blend_windows(out, scores, lo, weight, inv_count):  # pragma: no cover - jitted
-    """``out[k] = inv_count * Σ_w weight(p - lo[w]) * scores[w, k]`` over windows covering p.
+    """``out[k, p] = inv_count[p] * Σ_w weight(p - lo[w]) * scores[w, k]`` over windows covering p.
 
-    out: (K, D0, D1, D2) float32, overwritten; scores: (n, K); lo: (n, 3) window starts (all
-    windows have the shape of ``weight``, (m0, m1, m2)); inv_count: (D0, D1, D2), one over
-    the summed weights. Parallel over classes, so each class plane stays in cache while
-    every window paints it.
+    out: (K, D0, D1, D2) float32, overwritten; scores: (n, K) float32; lo: (n, 3) window
+    starts (all windows have the shape of ``weight``, (m0, m1, m2)); inv_count: (D0, D1, D2),
+    one over the summed weights. Parallel over the rows (i0, i1) of the map: each row is
+    accumulated as ``(D2, K)`` so that the innermost loop runs over the contiguous classes,
+    then written out class by class.
     """
+    n_classes = out.shape[0]
     m0, m1, m2 = weight.shape
-    for k in prange(out.shape[0]):
-        plane = out[k]
-        plane[:] = 0.0
+    d1, d2 = out.shape[2], out.shape[3]
+    for r in prange(out.shape[1] * d1):
+        i0, i1 = r // d1, r % d1
+        acc = np.zeros((d2, n_classes), np.float32)
         for w in range(lo.shape[0]):
-            s = scores[w, k]
-            a0, b0, c0 = lo[w, 0], lo[w, 1], lo[w, 2]
-            for i in range(m0):
-                for j in range(m1):
-                    row = plane[a0 + i, b0 + j]
-                    wrow = weight[i, j]
-                    for t in range(m2):
-                        row[c0 + t] += wrow[t] * s
-        flat = plane.ravel()
-        inv = inv_count.ravel()
-        for p in range(flat.size):
-            flat[p] *= inv[p]
+            a, b = i0 - lo[w, 0], i1 - lo[w, 1]
+            if a < 0 or a >= m0 or b < 0 or b >= m1:
+                continue
+            row = scores[w]
+            for t in range(m2):
+                wt = weight[a, b, t]
+                dst = acc[lo[w, 2] + t]
+                for k in range(n_classes):
+                    dst[k] += wt * row[k]
+        for k in range(n_classes):
+            for t in range(d2):
+                out[k, i0, i1, t] = acc[t, k] * inv_count[i0, i1, t]
+
+
+@njit(cache=True, parallel=True)
+def argmax_first_axis(maps):  # pragma: no cover - jitted
+    """``maps.argmax(axis=0)`` for ``(K, P)`` float32 (the first maximum; a NaN wins, as in
+    NumPy): ``(P,)`` int64. Parallel over blocks of points, classes scanned in order."""
+    n_classes, n_points = maps.shape
+    block = 2048
+    out = np.zeros(n_points, np.int64)
+    for blk in prange((n_points + block - 1) // block):
+        p0 = blk * block
+        p1 = min(p0 + block, n_points)
+        best = maps[0, p0:p1].copy()
+        for k in range(1, n_classes):
+            for p in range(p0, p1):
+                b = best[p - p0]
+                v = maps[k, p]
+                if b == b and (v > b or v != v):
+                    best[p - p0] = v
+                    out[p] = k
+    return out
 
 
 @njit(cache=True)

@@ -12,6 +12,7 @@ import numpy as np
 from scipy.special import erf
 
 from ..engines.occlusion import Occluder, blend, occlusion_scores
+from ..kernels.occlusion import argmax_first_axis
 from ..runtime import Model, ModelSource
 from ..scores import activation, class_scores
 
@@ -144,11 +145,13 @@ class OcclusionSensitivity:
             lambda out: class_scores(out, self._scores, len(out)),
             n_batch=self.n_batch, extra_inputs=extra_inputs, verbose=self.verbose,
             desc="OcclusionSensitivity")
-        blended = blend(scores, starts, importance_map(mask, self.mode == "gaussian"), region)
-        occ = np.zeros((scores.shape[1],) + tuple(spatial), np.float32)
-        occ[(slice(None),) + tuple(slice(l, h) for l, h in zip(crop_lo, crop_hi))] = blended
-        occ = occ[(slice(None),) + final][None]
-        return occ, occ.argmax(axis=1)[:, None]
+        occ = blend(scores, starts, importance_map(mask, self.mode == "gaussian"), region)
+        if b_box is not None:  # the blended region, placed in the image, then cut to the box
+            full = np.zeros((scores.shape[1],) + tuple(spatial), np.float32)
+            full[(slice(None),) + tuple(slice(l, h) for l, h in zip(crop_lo, crop_hi))] = occ
+            occ = np.ascontiguousarray(full[(slice(None),) + final])
+        classes = argmax_first_axis(occ.reshape(occ.shape[0], -1)).reshape((1, 1) + occ.shape[1:])
+        return occ[None], classes
 
     # ------------------------------------------------------------------ pieces
     def _mask_size(self, sd: int) -> tuple[int, ...]:
