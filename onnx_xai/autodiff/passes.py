@@ -170,6 +170,105 @@ def seed_transposes(proto: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Sum", "Neg", "Relu", "Cast", "Not", "And", "Or",
+                "Greater", "Less", "Equal", "Where", "Sign", "Abs", "Clip", "Identity", "Min", "Max"}
+_VIEWS = {"Reshape", "Unsqueeze", "Squeeze", "Flatten"}
+
+
+def unit_axes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Run the adjoint part on the tensors' own shapes, without onnx-ad's seed axis.
+
+    onnx-ad carries every adjoint with an extra size-1 axis and reshapes it away around each
+    Conv; ORT then runs the elementwise steps in 5D and reorders the tensors in and out of its
+    blocked (NCHWc) conv layout at every such reshape. A tensor made by a view (Reshape,
+    (Un)squeeze, Flatten, or an Expand to its own shape) has the data of its *root*; an
+    elementwise node whose tensor inputs all share one root shape (size-1 constants aside) is
+    run on the roots, and a view whose output shape is its root's becomes an Identity. Slices
+    that leave a trailing size-1 axis alone are run on the root too. Values are unchanged.
+    """
+    shapes = _graph.tensor_shapes(proto)
+    consts = _constants(proto)
+    out = _copy(proto)
+    taken = _all_names(out)
+    root: dict[str, str] = {}
+
+    def base(t: str) -> str:
+        return root.get(t, t)
+
+    def scalar(t: str) -> bool:
+        return t in consts and consts[t].size == 1 and consts[t].ndim <= 1
+
+    nodes = []
+    for node in out.graph.node:
+        o = node.output[0] if node.output else ""
+        inp = node.input[0] if node.input else ""
+        same_size = inp in shapes and o in shapes and np.prod(shapes[inp]) == np.prod(shapes[o])
+        if node.op_type in _VIEWS or (node.op_type == "Expand" and same_size):
+            if same_size and len(node.output) == 1:
+                r = base(inp)
+                if shapes.get(r) == shapes[o]:
+                    nodes.append(helper.make_node("Identity", [r], [o], name=node.name))
+                    root[o] = r
+                    continue
+                root[o] = r
+            nodes.append(node)
+            continue
+        if node.op_type == "Slice" and o in shapes and inp in shapes:
+            moved = _slice_on_root(node, shapes, consts, base(inp), out, taken)
+            if moved is not None:
+                nodes.extend(moved)
+                root[o] = moved[-2].output[0]
+                continue
+        tensors = [t for t in node.input if t and not scalar(t)]
+        roots = [base(t) for t in tensors]
+        if (node.op_type not in _ELEMENTWISE or len(node.output) != 1 or not tensors
+                or roots == tensors or o not in shapes
+                or any(shapes.get(t) != shapes[o] for t in tensors)
+                or len({shapes.get(r) for r in roots}) != 1 or None in {shapes.get(r) for r in roots}):
+            nodes.append(node)
+            continue
+        low = _fresh(out, o + "__root", taken)
+        lowered = onnx.NodeProto()
+        lowered.CopyFrom(node)
+        lowered.input[:] = [base(t) if t else t for t in node.input]
+        lowered.output[:] = [low]
+        shape_name = _fresh(out, "unit_shape", taken)
+        out.graph.initializer.append(numpy_helper.from_array(np.array(shapes[o], np.int64), shape_name))
+        nodes += [lowered, helper.make_node("Reshape", [low, shape_name], [o], name=_fresh(out, "unit_view", taken))]
+        shapes[low] = shapes[roots[0]]
+        root[o] = low
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return dead_nodes(out)
+
+
+def _slice_on_root(node, shapes, consts, r, out, taken):
+    """``[Slice on the root, Reshape back]`` when ``node`` slices a tensor that is its root
+    plus trailing size-1 axes and leaves those axes alone; else None."""
+    full, low = shapes[node.input[0]], shapes.get(r)
+    if (low is None or len(low) >= len(full) or tuple(full[:len(low)]) != tuple(low)
+            or any(d != 1 for d in full[len(low):])
+            or any(t and t not in consts for t in node.input[1:])):
+        return None
+    starts = consts[node.input[1]]
+    axes = (consts[node.input[3]] if len(node.input) > 3 and node.input[3]
+            else np.arange(len(starts)))
+    axes = np.where(axes < 0, axes + len(full), axes)
+    if (axes >= len(low)).any():
+        return None
+    axes_name = _fresh(out, "unit_axes", taken)
+    out.graph.initializer.append(numpy_helper.from_array(axes.astype(np.int64), axes_name))
+    inputs = [r, node.input[1], node.input[2], axes_name] + list(node.input[4:5])
+    sliced = _fresh(out, node.output[0] + "__root", taken)
+    shape_name = _fresh(out, "unit_shape", taken)
+    out.graph.initializer.append(numpy_helper.from_array(
+        np.array(shapes[node.output[0]], np.int64), shape_name))
+    shapes[sliced] = tuple(shapes[node.output[0]][:len(low)])
+    return [helper.make_node("Slice", inputs, [sliced], name=node.name),
+            helper.make_node("Reshape", [sliced, shape_name], list(node.output),
+                             name=_fresh(out, "unit_view", taken))]
+
+
 def name_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Give every unnamed node a unique name (some ORT fusions name their result after the
     fused nodes, and two unnamed ones then collide: "two nodes with same node name")."""
@@ -181,7 +280,8 @@ def name_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-PASSES = (dead_nodes, where_to_mul, conv_transpose_to_conv, seed_transposes, name_nodes)
+PASSES = (dead_nodes, where_to_mul, conv_transpose_to_conv, seed_transposes, unit_axes,
+          name_nodes)
 
 
 def infer(proto: onnx.ModelProto) -> onnx.ModelProto:

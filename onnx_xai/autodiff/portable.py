@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import threading
 
+import numpy as np
 import onnx
 import onnx_ad
 from onnx_ad import rules as _rules
@@ -15,8 +16,57 @@ PREFIX = "__xai_adj_"
 _REGISTRY_LOCK = threading.Lock()
 
 
+_STEP = 2.0 ** 100  # HardSigmoid slope: an exact 0/1 step for |y - bound| >= 2**-100
+
+
+def _passes_mask(ctx, node):
+    """0/1 mask of where a float32 Relu / Clip(lo, hi) passes its input through
+    (lo < x < hi, bounds excluded as in torch), read off its output ``y`` as HardSigmoid
+    steps ``clip(±2**100·(y − bound), 0, 1)``; None when another rule must do (other
+    dtypes, bounds that are not constants or exceed 2**20, a Clip without bounds).
+
+    Computed from ``y`` (not ``x``) with ops ONNX Runtime keeps in its blocked conv layout,
+    the forward Conv keeps its fused activation and no tensor is reordered for the mask.
+    Inputs within 2**-100 of a bound get a fractional mask.
+    """
+    y = node.output[0]
+    if ctx.dtype(y, node.input[0]) != onnx.TensorProto.FLOAT:
+        return None
+    bounds = [0.0, None]
+    if node.op_type == "Clip":
+        for k in (1, 2):
+            value = ctx.values.get(node.input[k]) if len(node.input) > k and node.input[k] else None
+            if len(node.input) > k and node.input[k] and value is None:
+                return None
+            if value is not None and np.size(value) != 1:
+                return None
+            bounds[k - 1] = None if value is None else float(np.ravel(value)[0])
+        if any(b is not None and not abs(b) <= 2.0 ** 20 for b in bounds) or bounds == [None, None]:
+            return None
+    steps = [ctx.b.op("HardSigmoid", [y], alpha=sign * _STEP, beta=-sign * _STEP * bound, stem="step")
+             for sign, bound in ((1.0, bounds[0]), (-1.0, bounds[1])) if bound is not None]
+    return steps[0] if len(steps) == 1 else ctx.b.op("Mul", steps, stem="step")
+
+
+def _masked(ctx, node, grads, guided: bool):
+    """dx = g · mask (guided: relu(g) · mask); the bounds get no gradient."""
+    mask = _passes_mask(ctx, node)
+    if mask is None:
+        return None
+    g = ctx.b.op("Relu", [grads[0]]) if guided else grads[0]
+    stem = "guided" if guided else "a_" + node.input[0]
+    return [ctx.b.op("Mul", [g, ctx.lift(mask)], stem=stem)] + [None] * (len(node.input) - 1)
+
+
+def _plain(ctx, node, grads):
+    return _masked(ctx, node, grads, False) or _ONNX_AD[node.op_type](ctx, node, grads)
+
+
 def _guided_relu(ctx, node, grads):
     """Guided ReLU: dx = relu(dy) · (x > 0)."""
+    fast = _masked(ctx, node, grads, True)
+    if fast is not None:
+        return fast
     x = node.input[0]
     dtype = ctx.dtype(x, node.output[0])
     positive = ctx.b.op("Cast", [ctx.b.op("Greater", [x, ctx.constant(0.0, dtype)])], to=dtype)
@@ -27,7 +77,10 @@ def _guided_clip(ctx, node, grads):
     """Guided ReLU6 (Clip with min 0): dx = relu(dy) · (min < x < max); other Clips stay plain."""
     low = ctx.values.get(node.input[1]) if len(node.input) > 1 and node.input[1] else None
     if low is None or float(low) != 0.0:
-        return _PLAIN["Clip"](ctx, node, grads)
+        return _plain(ctx, node, grads)
+    fast = _masked(ctx, node, grads, True)
+    if fast is not None:
+        return fast
     x = node.input[0]
     dtype = ctx.dtype(x, node.output[0])
     inside = ctx.b.op("Greater", [x, ctx.constant(0.0, dtype)])
@@ -38,21 +91,21 @@ def _guided_clip(ctx, node, grads):
             None, None][:len(node.input)]
 
 
-_PLAIN = {"Relu": _rules.REVERSE["Relu"], "Clip": _rules.REVERSE["Clip"]}
+_ONNX_AD = {"Relu": _rules.REVERSE["Relu"], "Clip": _rules.REVERSE["Clip"]}
+_PLAIN = {"Relu": _plain, "Clip": _plain}
 _GUIDED = {"Relu": _guided_relu, "Clip": _guided_clip}
 
 
 @contextlib.contextmanager
 def _rules_for(guided: bool):
-    """onnx-ad's reverse-rule registry with the guided ReLU rules swapped in (held under a
-    lock and restored afterwards, so other builds see the plain rules)."""
+    """onnx-ad's reverse-rule registry with our Relu / Clip rules swapped in (held under a
+    lock and restored afterwards, so other users of onnx-ad see its own rules)."""
     with _REGISTRY_LOCK:
-        if guided:
-            _rules.REVERSE.update(_GUIDED)
+        _rules.REVERSE.update(_GUIDED if guided else _PLAIN)
         try:
             yield
         finally:
-            _rules.REVERSE.update(_PLAIN)
+            _rules.REVERSE.update(_ONNX_AD)
 
 
 def build(proto: onnx.ModelProto, sources: list[str], score: str, guided: bool = False,
