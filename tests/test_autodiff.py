@@ -337,6 +337,43 @@ def test_conv_transpose_to_conv_pass_keeps_values(rng, group, dil, pads, output_
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel,stride,pads,size,explicit_pad", [
+    (3, 2, [0, 0, 1, 1], 8, False),   # TF "same" padding: asymmetric, every pad row read
+    (5, 2, [1, 1, 2, 2], 8, False),
+    (3, 2, [2, 0, 0, 1], 8, False),   # begin pad two more than the end pad
+    (5, 4, [2, 2, 2, 2], 8, False),   # trailing input rows no window reads
+    (3, 2, [0, 0, 0, 0], 8, False),
+    (3, 1, [1, 1, 1, 1], 9, True),    # an explicit zero Pad node folded into the Conv
+    (3, 2, [0, 0, 1, 1], 8, True),
+])
+def test_conv_padding_gradients_equal_torch(rng, kernel, stride, pads, size, explicit_pad):
+    import torch
+
+    c = 4
+    w = rng.standard_normal((c, 1, kernel, kernel)).astype(np.float32)
+    out = (size + pads[0] + pads[2] - kernel) // stride + 1
+    fc = rng.standard_normal((5, c * out * out)).astype(np.float32)
+    conv_pads = [0] * 4 if explicit_pad else pads
+    nodes = [helper.make_node("Conv", ["p" if explicit_pad else "x", "w"], ["c"], group=c,
+                              strides=[stride] * 2, pads=conv_pads, kernel_shape=[kernel] * 2),
+             helper.make_node("Flatten", ["c"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(fc, "fc")]
+    if explicit_pad:
+        nodes.insert(0, helper.make_node("Pad", ["x", "widths"], ["p"]))
+        inits.append(numpy_helper.from_array(
+            np.array([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]], np.int64), "widths"))
+    proto = _model(nodes, [_vi("x", ["N", c, size, size])], [_vi("y", None)], inits)
+    x = rng.standard_normal((2, c, size, size)).astype(np.float32)
+    got = gradients(Model(proto, verbose=False), x, class_idx=3, batch_size=2,
+                    backend="portable")["gradients"]["x"]
+    xt = torch.tensor(x, requires_grad=True)
+    padded = torch.nn.functional.pad(xt, [pads[1], pads[3], pads[0], pads[2]])
+    y = torch.nn.functional.conv2d(padded, torch.tensor(w), stride=stride, groups=c).flatten(1)
+    (y @ torch.tensor(fc).T)[:, 3].sum().backward()
+    np.testing.assert_allclose(got, xt.grad.numpy(), atol=1e-5)
+
+
 def test_conv_transpose_with_stride_is_left_alone():
     w = np.ones((2, 2, 3, 3), np.float32)
     proto = _model([helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[2, 2])],

@@ -24,7 +24,7 @@ import onnx
 
 from .. import graph
 from ..errors import UnsupportedModelError
-from . import cache, ort_training, portable
+from . import cache, ort_training, passes, portable
 
 __all__ = ["GradientModel", "gradient_model", "gradients", "available_backends", "BACKENDS"]
 BACKENDS = ("auto", "portable", "ort-training")
@@ -248,6 +248,7 @@ def _prepare(model, proto, wrt, output, shapes):
             raise ValueError(f"wrt names {wrt} name the same tensor {tensor!r} twice")
         static = graph.add_probe(static, tensor, probe, act)
         sources[name], layers[name] = probe, act
+    static = passes.conv_padding(static)
     static = graph.add_score_head(static, output, WEIGHTS, SCORE)
     for name, src in sources.items():
         if not graph.depends_on(static, [src], SCORE):

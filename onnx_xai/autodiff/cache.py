@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnx
 
-FORMAT = 2  # bump when the way gradient models are built changes
+FORMAT = 3  # bump when the way gradient models are built changes
 
 
 def cache_dir() -> Path:

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 from onnx_ad._graph import node_reads
+from onnx_ad.fold import fold_constants
 
 from .. import graph as _graph
 
@@ -267,6 +268,119 @@ def _slice_on_root(node, shapes, consts, r, out, taken):
     return [helper.make_node("Slice", inputs, [sliced], name=node.name),
             helper.make_node("Reshape", [sliced, shape_name], list(node.output),
                              name=_fresh(out, "unit_view", taken))]
+
+
+def conv_padding(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Put every 2D/3D Conv's padding where its adjoint comes out right, and fold zero
+    ``Pad`` nodes that only Convs read (exporters' "same" padding) into the Convs.
+
+    Run on the forward graph before differentiation. onnx-ad differentiates a Conv into a
+    ``ConvTranspose`` with ``output_shape``, which ONNX pads by splitting the padding the
+    windows use as (ceil, floor): right only when the begin pad is the end pad or one more.
+    So per Conv, with ``b``/``e`` the pads and ``R`` the padded rows the windows reach:
+    input rows no window reads are sliced off, the end pad shrinks to what is read, and
+    if ``b − e`` is then not 0 or 1 the padding moves into an explicit ``Pad`` (whose
+    adjoint, a ``Slice``, is exact). Values are unchanged.
+    """
+    proto = fold_constants(proto)
+    consts = _constants(proto)
+    shapes = _graph.tensor_shapes(proto)
+    readers: dict[str, list] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    keep = {o.name for o in proto.graph.output}
+    out = _copy(proto)
+    taken = _all_names(out)
+    producers = {o: n for n in out.graph.node for o in n.output}
+    nodes = []
+    for node in out.graph.node:
+        geometry = _conv_geometry(node, shapes, consts)
+        if geometry is None:
+            nodes.append(node)
+            continue
+        x, begin, end, needed = geometry
+        pad = producers.get(x)
+        folded = _spatial_zero_pads(pad, consts) if pad is not None else None
+        if (folded is not None and x not in keep and pad.input[0] in shapes
+                and all(r is node or (r.op_type == "Conv" and r.input[0] == x
+                                      and list(r.input).count(x) == 1) for r in readers[x])):
+            k = len(begin)
+            x = pad.input[0]
+            begin = [a + b for a, b in zip(begin, folded[:k])]
+            end = [a + b for a, b in zip(end, folded[k:])]
+        size = shapes[x][2:]
+        end = [max(n - b - h, 0) for n, b, h in zip(needed, begin, size)]
+        rows = [min(h, n - b) for n, b, h in zip(needed, begin, size)]
+        if list(rows) != list(size):
+            x = _append_slice(out, taken, nodes, x, rows)
+        if all(b - e in (0, 1) for b, e in zip(begin, end)):
+            pads = list(begin) + list(end)
+        else:
+            padded = _fresh(out, "conv_pad", taken)
+            widths = _fresh(out, "conv_pad_widths", taken)
+            out.graph.initializer.append(numpy_helper.from_array(
+                np.array([0, 0] + list(begin) + [0, 0] + list(end), np.int64), widths))
+            nodes.append(helper.make_node("Pad", [x, widths], [padded], name=padded))
+            x, pads = padded, [0] * (2 * len(begin))
+        node.input[0] = x
+        kept = [a for a in node.attribute if a.name not in ("pads", "auto_pad")]
+        del node.attribute[:]
+        node.attribute.extend(kept + [helper.make_attribute("pads", pads)])
+        nodes.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return dead_nodes(out)
+
+
+def _conv_geometry(node, shapes, consts):
+    """(input, begin pads, end pads, padded extent the windows reach) of a 2D/3D Conv with
+    static shapes and explicit pads; None for anything else."""
+    if node.op_type != "Conv" or node.input[0] not in shapes or node.output[0] not in shapes:
+        return None
+    size, out_size = shapes[node.input[0]][2:], shapes[node.output[0]][2:]
+    k = len(size)
+    if k not in (2, 3) or _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    w = shapes.get(node.input[1])
+    kernel = list(_attr(node, "kernel_shape", w[2:] if w else []))
+    if len(kernel) != k:
+        return None
+    strides = list(_attr(node, "strides", [1] * k))
+    dil = list(_attr(node, "dilations", [1] * k))
+    pads = list(_attr(node, "pads", [0] * (2 * k)))
+    needed = [s * (o - 1) + (kk - 1) * d + 1 for s, o, kk, d in zip(strides, out_size, kernel, dil)]
+    return node.input[0], pads[:k], pads[k:], needed
+
+
+def _append_slice(out, taken, nodes, x, rows):
+    """Append ``Slice(x)`` keeping the first ``rows`` of each spatial axis; its name."""
+    name = _fresh(out, "conv_read", taken)
+    bounds = []
+    for stem, values in (("starts", [0] * len(rows)), ("ends", rows),
+                         ("axes", list(range(2, 2 + len(rows))))):
+        bounds.append(_fresh(out, f"conv_read_{stem}", taken))
+        out.graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), bounds[-1]))
+    nodes.append(helper.make_node("Slice", [x] + bounds, [name], name=name))
+    return name
+
+
+def _spatial_zero_pads(node: onnx.NodeProto, consts: dict) -> list[int] | None:
+    """The spatial ``[begins..., ends...]`` of a constant-mode, zero-value, non-negative
+    ``Pad`` that leaves the batch and channel axes alone; else None."""
+    if node.op_type != "Pad" or _attr(node, "mode", b"constant") not in (b"constant", "constant"):
+        return None
+    if len(node.input) < 2 or node.input[1] not in consts or (len(node.input) > 3 and node.input[3]):
+        return None
+    if len(node.input) > 2 and node.input[2]:
+        value = consts.get(node.input[2])
+        if value is None or value.size != 1 or float(value.reshape(-1)[0]) != 0.0:
+            return None
+    pads = [int(p) for p in consts[node.input[1]].reshape(-1)]
+    rank = len(pads) // 2
+    if rank < 3 or any(p < 0 for p in pads) or pads[0] or pads[1] or pads[rank] or pads[rank + 1]:
+        return None
+    return pads[2:rank] + pads[rank + 2:]
 
 
 def name_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
