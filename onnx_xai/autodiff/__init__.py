@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from .. import graph
 from ..errors import UnsupportedModelError
@@ -73,6 +74,7 @@ class GradientModel:
         self.session = model._new_session(proto)
         self._zeros = {src: np.zeros(shapes[src], np.float32) for name, src in spec.sources.items()
                        if name in spec.layers}
+        self._argmax_session = None
 
     @property
     def output_shape(self) -> tuple:
@@ -120,27 +122,39 @@ class GradientModel:
                              f"{self.shapes[self.model.input_name][1:]}, got {x.shape[1:]}")
         extra = _check_extra(self.model, extra_inputs)
         n, b = x.shape[0], self.batch_size
-        if target_weights is None:
+        in_graph = (target_weights is None and class_idx is None and region is None
+                    and len(self.output_shape) == 2)
+        if target_weights is None and not in_graph:
             if class_idx is None:
                 logits = self.model.predict(x, outputs=self.output, batch_size=b, verbose=False,
                                             extra_inputs=extra_inputs)
                 class_idx = logits.reshape(n, logits.shape[1], -1).max(-1).argmax(1)
             target_weights = self.target_weights(class_idx, n, region)
-        target_weights = np.asarray(target_weights, np.float32)
-        if target_weights.shape != (n,) + self.output_shape[1:]:
-            raise ValueError(f"target_weights must have shape {(n,) + self.output_shape[1:]}, "
-                             f"got {target_weights.shape}")
-        parts = [self._run_batch(x[s:s + b], target_weights[s:s + b], extra, n, s)
-                 for s in range(0, n, b)]
+        if not in_graph:
+            target_weights = np.asarray(target_weights, np.float32)
+            if target_weights.shape != (n,) + self.output_shape[1:]:
+                raise ValueError(f"target_weights must have shape {(n,) + self.output_shape[1:]}, "
+                                 f"got {target_weights.shape}")
+        parts = [self._run_batch(x[s:s + b], None if in_graph else target_weights[s:s + b],
+                                 extra, n, s) for s in range(0, n, b)]
         return {kind: {k: np.concatenate([p[kind][k] for p in parts]) for k in parts[0][kind]}
                 for kind in ("outputs", "activations", "gradients")}
 
     def _run_batch(self, x, w, extra, n_total, start):
+        """One run at the built batch size; ``w`` None: each sample's argmax class, picked
+        inside the graph (no separate forward pass)."""
         m, b = x.shape[0], self.batch_size
         if m < b:  # static batch: pad with copies of the last sample, drop them after
             x = np.concatenate([x, np.repeat(x[-1:], b - m, 0)])
-            w = np.concatenate([w, np.zeros((b - m,) + w.shape[1:], w.dtype)])
-        feeds = {self.model.input_name: x, WEIGHTS: w, **self._zeros}
+            if w is not None:
+                w = np.concatenate([w, np.zeros((b - m,) + w.shape[1:], w.dtype)])
+        feeds = {self.model.input_name: x, **self._zeros}
+        if w is not None:
+            feeds[WEIGHTS] = w
+        elif self._argmax_session is None:
+            self._argmax_session = self.model._new_session(
+                _argmax_head(self.proto, self.output, self.output_shape[1]))
+        session = self.session if w is not None else self._argmax_session
         for name, value in extra.items():
             feeds[name] = self.model._batch_extra(name, value, m, n_total, start)
             if feeds[name].shape[:1] == (m,) and m < b:
@@ -149,11 +163,39 @@ class GradientModel:
             feeds[self.spec.seed] = np.ones(1, np.float32)
         sp = self.spec
         names = list(sp.outputs) + list(sp.layers.values()) + [sp.grads[s] for s in sp.sources.values()]
-        got = dict(zip(names, self.model._run(self.session, feeds, names)))
+        got = dict(zip(names, self.model._run(session, feeds, names)))
         grads = {k: got[sp.grads[s]].reshape(self.shapes[s])[:m] for k, s in sp.sources.items()}
         return {"outputs": {o: got[o][:m] for o in sp.outputs},
                 "activations": {k: got[v][:m] for k, v in sp.layers.items()},
                 "gradients": grads}
+
+
+def _argmax_head(proto: onnx.ModelProto, output: str, n_classes: int) -> onnx.ModelProto:
+    """Copy of a built gradient model whose target weights are computed in the graph as
+    one-hot(argmax(output, axis 1)) instead of being fed."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    g = out.graph
+    producer = next(i for i, n in enumerate(g.node) if output in n.output)
+    consumers = [i for i, n in enumerate(g.node) if WEIGHTS in n.input]
+    if not consumers or min(consumers) <= producer:
+        raise UnsupportedModelError("cannot pick the argmax class inside this gradient graph")
+    keep = [i for i in g.input if i.name != WEIGHTS]
+    del g.input[:]
+    g.input.extend(keep)
+    h = onnx.helper
+    nodes = [
+        h.make_node("ArgMax", [output], ["__xai_argmax"], axis=1, keepdims=0, name="__xai_argmax"),
+        h.make_node("Constant", [], ["__xai_depth"], name="__xai_depth",
+                    value=numpy_helper.from_array(np.array(n_classes, np.int64))),
+        h.make_node("Constant", [], ["__xai_onoff"], name="__xai_onoff",
+                    value=numpy_helper.from_array(np.array([0.0, 1.0], np.float32))),
+        h.make_node("OneHot", ["__xai_argmax", "__xai_depth", "__xai_onoff"], [WEIGHTS],
+                    axis=-1, name="__xai_onehot"),
+    ]
+    for k, node in enumerate(nodes):
+        g.node.insert(producer + 1 + k, node)
+    return out
 
 
 def _check_extra(model, extra):

@@ -14,7 +14,7 @@ import onnx
 from onnx import numpy_helper
 
 from .. import graph
-from ..autodiff import WEIGHTS, gradient_model
+from ..autodiff import gradient_model
 from ..errors import UnsupportedModelError
 from ..runtime import Model
 
@@ -85,9 +85,6 @@ def gradient_taps(model: Model, layer: str, x: np.ndarray, class_idx: Any = None
     n = x.shape[0]
     gm = gradient_model(model, [layer], output=output, batch_size=min(n, batch_size),
                         input_shape=x.shape[1:])
-    if class_idx is None and len(gm.output_shape) == 2:
-        logits, act, grad = _argmax_run(gm, layer, x)
-        return Taps(act, grad, logits, _argmax(logits))
     if class_idx is not None:
         class_idx = class_indices(class_idx, n, gm.output_shape[1])
     res = gm.run(x, class_idx)
@@ -95,57 +92,6 @@ def gradient_taps(model: Model, layer: str, x: np.ndarray, class_idx: Any = None
     act, grad = res["activations"][layer], res["gradients"][layer]
     _check_spatial(act, layer)
     return Taps(act, grad, logits, _argmax(logits) if class_idx is None else class_idx)
-
-
-def _argmax_run(gm, layer: str, x: np.ndarray):
-    """Run ``gm`` with its target weights computed in-graph as one-hot(argmax(output))."""
-    session = gm.__dict__.get("_xai_argmax_session")
-    if session is None:
-        session = gm.model._new_session(_argmax_head(gm.proto, gm.output, gm.output_shape[1]))
-        gm.__dict__["_xai_argmax_session"] = session
-    sp, b = gm.spec, gm.batch_size
-    names = [gm.output, sp.layers[layer], sp.grads[sp.sources[layer]]]
-    parts = []
-    for s in range(0, x.shape[0], b):
-        chunk = x[s:s + b]
-        m = len(chunk)
-        if m < b:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - m, 0)])
-        feeds = {gm.model.input_name: chunk, **gm._zeros}
-        if sp.seed:
-            feeds[sp.seed] = np.ones(1, np.float32)
-        got = gm.model._run(session, feeds, names)
-        parts.append([got[0][:m], got[1][:m], got[2].reshape(gm.shapes[sp.sources[layer]])[:m]])
-    logits, act, grad = (np.concatenate(p) for p in zip(*parts))
-    _check_spatial(act, layer)
-    return logits, act, grad
-
-
-def _argmax_head(proto: onnx.ModelProto, output: str, n_classes: int) -> onnx.ModelProto:
-    """Copy of a built gradient model whose weights input is one-hot(argmax(output, 1))."""
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    g = out.graph
-    producer = next(i for i, n in enumerate(g.node) if output in n.output)
-    consumers = [i for i, n in enumerate(g.node) if WEIGHTS in n.input]
-    if not consumers or min(consumers) <= producer:
-        raise UnsupportedModelError("cannot pick the argmax class inside this gradient graph")
-    keep = [i for i in g.input if i.name != WEIGHTS]
-    del g.input[:]
-    g.input.extend(keep)
-    h = onnx.helper
-    nodes = [
-        h.make_node("ArgMax", [output], ["__xai_argmax"], axis=1, keepdims=0, name="__xai_argmax"),
-        h.make_node("Constant", [], ["__xai_depth"], name="__xai_depth",
-                    value=numpy_helper.from_array(np.array(n_classes, np.int64))),
-        h.make_node("Constant", [], ["__xai_onoff"], name="__xai_onoff",
-                    value=numpy_helper.from_array(np.array([0.0, 1.0], np.float32))),
-        h.make_node("OneHot", ["__xai_argmax", "__xai_depth", "__xai_onoff"], [WEIGHTS],
-                    axis=-1, name="__xai_onehot"),
-    ]
-    for k, node in enumerate(nodes):
-        g.node.insert(producer + 1 + k, node)
-    return out
 
 
 # ---------------------------------------------------------------------------- resizing

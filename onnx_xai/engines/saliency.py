@@ -70,6 +70,13 @@ def ig_alphas_weights(n_steps: int, method: str) -> tuple[np.ndarray, np.ndarray
     return np.linspace(lo, hi, n_steps), weights
 
 
+def add_per_image(total: np.ndarray, images: np.ndarray, values: np.ndarray) -> None:
+    """``total[images[i]] += values[i]`` for ``images`` sorted (samples laid image after
+    image, as ``sample_gradients`` yields them): one summed slice per image."""
+    starts = np.flatnonzero(np.r_[True, images[1:] != images[:-1]])
+    total[images[starts]] += np.add.reduceat(values, starts, axis=0)
+
+
 def _balanced(total: int, max_batch: int) -> int:
     """The smallest batch that runs ``total`` samples in as few batches as ``max_batch`` does
     (25 samples at 16 → 2 × 13, not 16 + 16)."""

@@ -13,8 +13,8 @@ from typing import Any, Union
 
 import numpy as np
 
-from ..engines.saliency import (as_model, check_float, check_int, class_indices,
-                                ig_alphas_weights, sample_gradients)
+from ..engines.saliency import (add_per_image, as_model, check_float, check_int,
+                                class_indices, ig_alphas_weights, sample_gradients)
 from ..runtime import ModelSource
 
 Baseline = Union[str, float, np.ndarray]
@@ -92,7 +92,7 @@ class SmoothGrad(VanillaGrad):
         for images, _, res in self._grads(x, self.n_samples, noisy, idx, extra_inputs,
                                           type(self).__name__, self.verbose):
             g = res["gradients"][self.model.input_name].astype(np.float64)
-            np.add.at(total, images, g * g if self.magnitude else g)
+            add_per_image(total, images, g * g if self.magnitude else g)
         if self.magnitude:
             total = np.sqrt(total)
         return (total / self.n_samples).astype(x.dtype)
@@ -168,7 +168,7 @@ class IntegratedGradients(VanillaGrad):
         for images, steps, res in self._grads(x, self.n_steps, path, idx, extra_inputs,
                                               "IntegratedGradients", self.verbose):
             g = res["gradients"][self.model.input_name].astype(np.float64)
-            np.add.at(total, images, g * self.weights[steps].reshape((-1,) + (1,) * (x.ndim - 1)))
+            add_per_image(total, images, g * self.weights[steps].reshape((-1,) + (1,) * (x.ndim - 1)))
         attr = (total * diff).astype(x.dtype)
         if not return_convergence_delta:
             return attr

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..engines.saliency import as_model, check_float, check_int, sample_gradients
+from ..engines.saliency import add_per_image, as_model, check_float, check_int, sample_gradients
 from ..runtime import Model, ModelSource
 
 TARGET_KEY = "SaliencyNet_Target_Index_{}"
@@ -90,8 +90,8 @@ class SaliencyNet:
                     self.model, x, n, make, targets.get(out), batch_size=self.batch_size,
                     output=out, extra_inputs=extra):
                 g = res["gradients"][self.model_input].astype(np.float64)
-                np.add.at(s, images, g)
-                np.add.at(q, images, g * g)
+                add_per_image(s, images, g)
+                add_per_image(q, images, g * g)
                 outs.setdefault(out, {}).update({int(i): res["outputs"][out][j]
                                                  for j, i in enumerate(images) if steps[j] == 0})
             sums[key], squares[key] = s, q
