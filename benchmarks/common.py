@@ -46,15 +46,18 @@ def median_time(fn: Callable[[], object], repeats: int = 3) -> float:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 3,
-                warmup: bool = False) -> dict[str, float]:
+                warmup: bool = False, pause: float = 0.5) -> dict[str, float]:
     """Median time of each function, runs interleaved so that machine load hits all alike
-    (after one untimed call each when ``warmup``)."""
+    (after one untimed call each when ``warmup``). ``pause`` seconds of sleep before each
+    timed call let the previous library's spinning worker threads (torch's OpenMP pool
+    spins for a while after each parallel region) go idle instead of competing."""
     if warmup:
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for key, fn in fns.items():
+            time.sleep(pause)
             t = time.perf_counter()
             fn()
             times[key].append(time.perf_counter() - t)

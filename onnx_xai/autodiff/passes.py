@@ -200,9 +200,24 @@ def unit_axes(proto: onnx.ModelProto) -> onnx.ModelProto:
         return t in consts and consts[t].size == 1 and consts[t].ndim <= 1
 
     nodes = []
+
+    def unit_root(t: str) -> None:
+        """Give ``t`` (shape ``S + (1,)``, no root yet) the root ``Reshape(t, S)``."""
+        if t in root or t not in shapes or len(shapes[t]) < 3 or shapes[t][-1] != 1 or scalar(t):
+            return
+        low, target = _fresh(out, t + "__root", taken), _fresh(out, "unit_shape", taken)
+        out.graph.initializer.append(numpy_helper.from_array(np.array(shapes[t][:-1], np.int64), target))
+        nodes.append(helper.make_node("Reshape", [t, target], [low], name=low))
+        shapes[low] = tuple(shapes[t][:-1])
+        root[t] = low
+
     for node in out.graph.node:
         o = node.output[0] if node.output else ""
         inp = node.input[0] if node.input else ""
+        if (node.op_type in _ELEMENTWISE | {"Expand"} and o in shapes and len(shapes[o]) >= 3
+                and shapes[o][-1] == 1):
+            for t in node.input[:1] if node.op_type == "Expand" else node.input:
+                unit_root(t)
         same_size = inp in shapes and o in shapes and np.prod(shapes[inp]) == np.prod(shapes[o])
         if node.op_type in _VIEWS or (node.op_type == "Expand" and same_size):
             if same_size and len(node.output) == 1:
@@ -214,6 +229,21 @@ def unit_axes(proto: onnx.ModelProto) -> onnx.ModelProto:
                 root[o] = r
             nodes.append(node)
             continue
+        if node.op_type == "Expand" and o in shapes and inp in shapes and base(inp) in shapes:
+            r = base(inp)
+            k = len(shapes[r])
+            if (r != inp and k < len(shapes[o]) and tuple(shapes[inp][:k]) == tuple(shapes[r])
+                    and all(d == 1 for d in shapes[inp][k:]) and all(d == 1 for d in shapes[o][k:])):
+                low = _fresh(out, o + "__root", taken)
+                target, back = _fresh(out, "unit_shape", taken), _fresh(out, "unit_shape", taken)
+                out.graph.initializer.extend([
+                    numpy_helper.from_array(np.array(shapes[o][:k], np.int64), target),
+                    numpy_helper.from_array(np.array(shapes[o], np.int64), back)])
+                nodes += [helper.make_node("Expand", [r, target], [low], name=node.name),
+                          helper.make_node("Reshape", [low, back], [o], name=_fresh(out, "unit_view", taken))]
+                shapes[low] = tuple(shapes[o][:k])
+                root[o] = low
+                continue
         if node.op_type == "Slice" and o in shapes and inp in shapes:
             moved = _slice_on_root(node, shapes, consts, base(inp), out, taken)
             if moved is not None:
@@ -383,6 +413,31 @@ def _spatial_zero_pads(node: onnx.NodeProto, consts: dict) -> list[int] | None:
     return pads[2:rank] + pads[rank + 2:]
 
 
+def static_shape_ops(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``Size`` / ``Shape`` of statically shaped tensors become constants (then folded with
+    what they feed: the 1/count of an average pool's adjoint), and a ``ReduceSum`` over
+    size-1 axes only becomes a ``Reshape`` (onnx-ad sums over its seed axis)."""
+    shapes = _graph.tensor_shapes(proto)
+    consts = _constants(proto)
+    out = _copy(proto)
+    taken = _all_names(out)
+    for node in out.graph.node:
+        x = node.input[0] if node.input else ""
+        if node.op_type in ("Size", "Shape") and x in shapes and not node.attribute:
+            value = np.array(np.prod(shapes[x]) if node.op_type == "Size" else shapes[x], np.int64)
+            node.CopyFrom(helper.make_node("Constant", [], list(node.output), name=node.name,
+                                           value=numpy_helper.from_array(value)))
+        elif (node.op_type == "ReduceSum" and x in shapes and node.output[0] in shapes
+              and len(node.input) > 1 and node.input[1] in consts
+              and all(shapes[x][int(a)] == 1 for a in consts[node.input[1]].reshape(-1))
+              and consts[node.input[1]].size > 0):
+            target = _fresh(out, "unit_sum_shape", taken)
+            out.graph.initializer.append(numpy_helper.from_array(
+                np.array(shapes[node.output[0]], np.int64), target))
+            node.CopyFrom(helper.make_node("Reshape", [x, target], list(node.output), name=node.name))
+    return fold_constants(out)
+
+
 def name_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Give every unnamed node a unique name (some ORT fusions name their result after the
     fused nodes, and two unnamed ones then collide: "two nodes with same node name")."""
@@ -394,8 +449,8 @@ def name_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-PASSES = (dead_nodes, where_to_mul, conv_transpose_to_conv, seed_transposes, unit_axes,
-          name_nodes)
+PASSES = (dead_nodes, where_to_mul, conv_transpose_to_conv, seed_transposes, static_shape_ops,
+          unit_axes, dead_nodes, name_nodes)
 
 
 def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
