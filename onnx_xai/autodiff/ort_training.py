@@ -14,6 +14,7 @@ from onnx import helper, numpy_helper
 from .. import graph
 from ..errors import UnsupportedModelError
 from ..runtime import _captured_output
+from .passes import constant_values
 
 
 def _builder():
@@ -48,9 +49,7 @@ def _guide(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 def _clip_min_zero_as_relu(proto: onnx.ModelProto) -> onnx.ModelProto:
     """For the guided rule: Clip(x, 0, max) → Min(Relu(x), max), so ORT emits a ReluGrad."""
-    consts = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in proto.graph.node
-                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    consts = constant_values(proto)
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     nodes = []
@@ -74,7 +73,7 @@ def _clip_min_zero_as_relu(proto: onnx.ModelProto) -> onnx.ModelProto:
 def _batchnorm_as_affine(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Inference-mode BatchNormalization with constant statistics → ``x · scale + shift``
     (onnxruntime-training has no gradient for BatchNormalization in inference mode)."""
-    consts = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    consts = constant_values(proto)  # initializers and Constant nodes (folded shape arithmetic)
     for node in proto.graph.node:  # exporters alias shared constants through Identity
         if node.op_type == "Identity" and node.input[0] in consts:
             consts[node.output[0]] = consts[node.input[0]]

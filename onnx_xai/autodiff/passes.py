@@ -2,8 +2,11 @@
 
 Each pass takes a model with static shapes and returns a new, equivalent one; ``optimize``
 runs them all. Found with ORT's profiler on EfficientNet-Lite0 (see benchmarks/gradients.py):
-``Where(mask, g, 0)`` is slow in ORT, dead adjoints of constants are still run, and stride-1
-ConvTranspose is much slower than the equivalent Conv.
+``Where(mask, g, 0)`` is slow in ORT, dead adjoints of constants are still run, stride-1
+ConvTranspose is much slower than the equivalent Conv, elementwise ops on onnx-ad's 5D
+(seed-axis) tensors take ORT's slow broadcast path, and every op outside ORT's blocked NCHWc
+conv layout costs two reorders. ``conv_padding`` is different: it runs on the forward graph
+before differentiation, for correctness (Conv padding onnx-ad's adjoint gets wrong).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _constants(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
+def constant_values(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
     values = {t.name: t for t in proto.graph.initializer}
     out = {name: numpy_helper.to_array(t) for name, t in values.items()}
     for node in proto.graph.node:
@@ -47,7 +50,7 @@ def _all_names(proto: onnx.ModelProto) -> set[str]:
 def where_to_mul(proto: onnx.ModelProto) -> onnx.ModelProto:
     """``Where(c, g, 0)`` → ``Mul(g, Cast(c))`` and ``Where(c, 0, g)`` → ``Mul(g, Cast(Not(c)))``
     for a scalar zero constant (the ReLU/Clip adjoints). Same values for finite ``g``."""
-    consts = _constants(proto)
+    consts = constant_values(proto)
     shapes = _graph.tensor_shapes(proto)
     out = _copy(proto)
     taken = _all_names(out)
@@ -188,7 +191,7 @@ def unit_axes(proto: onnx.ModelProto) -> onnx.ModelProto:
     that leave a trailing size-1 axis alone are run on the root too. Values are unchanged.
     """
     shapes = _graph.tensor_shapes(proto)
-    consts = _constants(proto)
+    consts = constant_values(proto)
     out = _copy(proto)
     taken = _all_names(out)
     root: dict[str, str] = {}
@@ -313,7 +316,7 @@ def conv_padding(proto: onnx.ModelProto) -> onnx.ModelProto:
     adjoint, a ``Slice``, is exact). Values are unchanged.
     """
     proto = fold_constants(proto)
-    consts = _constants(proto)
+    consts = constant_values(proto)
     shapes = _graph.tensor_shapes(proto)
     readers: dict[str, list] = {}
     for node in proto.graph.node:
@@ -418,7 +421,7 @@ def static_shape_ops(proto: onnx.ModelProto) -> onnx.ModelProto:
     what they feed: the 1/count of an average pool's adjoint), and a ``ReduceSum`` over
     size-1 axes only becomes a ``Reshape`` (onnx-ad sums over its seed axis)."""
     shapes = _graph.tensor_shapes(proto)
-    consts = _constants(proto)
+    consts = constant_values(proto)
     out = _copy(proto)
     taken = _all_names(out)
     for node in out.graph.node:
