@@ -85,7 +85,7 @@ def _relax_batch(p2: onnx.ModelProto, p3: onnx.ModelProto, batch_inputs: list[st
     if _signature(p2) != _signature(p3):
         raise UnsupportedModelError("the gradient graph's structure depends on the batch size; "
                                     "export with a fixed batch_size")
-    c2, c3 = passes._constants(p2), passes._constants(p3)  # others: in _signature
+    c2, c3 = passes.constant_values(p2), passes.constant_values(p3)  # others: in _signature
     users = {}
     for node in p2.graph.node:
         for i in node.input:

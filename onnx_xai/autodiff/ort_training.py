@@ -73,10 +73,7 @@ def _clip_min_zero_as_relu(proto: onnx.ModelProto) -> onnx.ModelProto:
 def _batchnorm_as_affine(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Inference-mode BatchNormalization with constant statistics → ``x · scale + shift``
     (onnxruntime-training has no gradient for BatchNormalization in inference mode)."""
-    consts = constant_values(proto)  # initializers and Constant nodes (folded shape arithmetic)
-    for node in proto.graph.node:  # exporters alias shared constants through Identity
-        if node.op_type == "Identity" and node.input[0] in consts:
-            consts[node.output[0]] = consts[node.input[0]]
+    consts = constant_values(proto)  # also Constant nodes left by constant folding
     shapes = graph.tensor_shapes(proto)
     out = onnx.ModelProto()
     out.CopyFrom(proto)

@@ -26,12 +26,15 @@ def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def constant_values(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
-    values = {t.name: t for t in proto.graph.initializer}
-    out = {name: numpy_helper.to_array(t) for name, t in values.items()}
+    """Name → value of every initializer, ``Constant`` node output, and ``Identity`` of one
+    (exporters alias shared constants through Identity)."""
+    values = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     for node in proto.graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            out[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return out
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type == "Identity" and node.input[0] in values:
+            values[node.output[0]] = values[node.input[0]]
+    return values
 
 
 def _fresh(proto: onnx.ModelProto, stem: str, taken: set[str]) -> str:

@@ -11,10 +11,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from .. import graph
 from ..autodiff import gradient_model
+from ..autodiff.passes import constant_values
 from ..errors import UnsupportedModelError
 from ..runtime import Model
 
@@ -161,16 +161,6 @@ def _scale(x: np.ndarray, flip: bool) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- graph look-ups
-def _constants(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
-    values = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
-    for node in proto.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-        elif node.op_type == "Identity" and node.input[0] in values:
-            values[node.output[0]] = values[node.input[0]]
-    return values
-
-
 def _consumers(proto: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     users: dict[str, list] = {}
     for node in proto.graph.node:
@@ -184,7 +174,7 @@ def fc_weights(proto: onnx.ModelProto, layer_tensor: str, fc_layer: str | None =
     """``(W (K, C), b (K,))`` of the fully connected layer after global pooling of
     ``layer_tensor``: the node named by ``fc_layer`` (node / tensor / module path), or the
     first Gemm / MatMul(+Add) reached from ``layer_tensor`` through a global pooling."""
-    consts, users = _constants(proto), _consumers(proto)
+    consts, users = constant_values(proto), _consumers(proto)
     if fc_layer is not None:
         tensor = graph.resolve_layer(proto, fc_layer)
         node = next(n for n in proto.graph.node if tensor in n.output)
