@@ -496,3 +496,20 @@ def test_bad_arguments_are_value_errors(tiny_cnn, rng):
     if "ort-training" not in available_backends():
         with pytest.raises(ValueError, match="onnxruntime-training"):
             gradient_model(model, backend="ort-training")
+
+
+@pytest.mark.parametrize("op", ["Relu", "Clip"])
+def test_relu_and_relu6_gradients_at_the_kinks_follow_torch(op):
+    import torch
+
+    values = np.array([[-1.0, 0.0, 1e-20, 3.0, 6.0 - 2 ** -21, 6.0, 7.0, 2.5]], np.float32)
+    inputs = ["x"] + (["lo", "hi"] if op == "Clip" else [])
+    inits = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("lo", 0.0), ("hi", 6.0))]
+    proto = _model([helper.make_node(op, inputs, ["y"])], [_vi("x", ["N", 8])], [_vi("y", None)],
+                   inits if op == "Clip" else [])
+    weights = np.ones((1, 8), np.float32)
+    got = gradients(Model(proto, verbose=False), values, target_weights=weights, batch_size=1,
+                    backend="portable")["gradients"]["x"]
+    xt = torch.tensor(values, requires_grad=True)
+    (torch.relu(xt) if op == "Relu" else torch.nn.functional.relu6(xt)).sum().backward()
+    np.testing.assert_array_equal(got, xt.grad.numpy())
