@@ -45,6 +45,13 @@ def _fresh(proto: onnx.ModelProto, stem: str, taken: set[str]) -> str:
     return f"{stem}_{i}"
 
 
+def _int64(proto: onnx.ModelProto, stem: str, taken: set[str], values) -> str:
+    """Add ``values`` as a fresh int64 initializer of ``proto`` (shapes, axes, bounds); its name."""
+    name = _fresh(proto, stem, taken)
+    proto.graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), name))
+    return name
+
+
 def _all_names(proto: onnx.ModelProto) -> set[str]:
     names = set(_graph.tensor_names(proto)) | {t.name for t in proto.graph.initializer}
     return names | {n.name for n in proto.graph.node}
@@ -170,8 +177,7 @@ def seed_transposes(proto: onnx.ModelProto) -> onnx.ModelProto:
         if moved != sorted(moved):
             continue
         target = [shape[a] for a in perm]
-        name = _fresh(out, "transpose_shape", taken)
-        out.graph.initializer.append(numpy_helper.from_array(np.array(target, np.int64), name))
+        name = _int64(out, "transpose_shape", taken, target)
         node.CopyFrom(helper.make_node("Reshape", [node.input[0], name], list(node.output),
                                        name=node.name))
     return out
@@ -211,8 +217,7 @@ def unit_axes(proto: onnx.ModelProto) -> onnx.ModelProto:
         """Give ``t`` (shape ``S + (1,)``, no root yet) the root ``Reshape(t, S)``."""
         if t in root or t not in shapes or len(shapes[t]) < 3 or shapes[t][-1] != 1 or scalar(t):
             return
-        low, target = _fresh(out, t + "__root", taken), _fresh(out, "unit_shape", taken)
-        out.graph.initializer.append(numpy_helper.from_array(np.array(shapes[t][:-1], np.int64), target))
+        low, target = _fresh(out, t + "__root", taken), _int64(out, "unit_shape", taken, shapes[t][:-1])
         nodes.append(helper.make_node("Reshape", [t, target], [low], name=low))
         shapes[low] = tuple(shapes[t][:-1])
         root[t] = low
@@ -241,10 +246,8 @@ def unit_axes(proto: onnx.ModelProto) -> onnx.ModelProto:
             if (r != inp and k < len(shapes[o]) and tuple(shapes[inp][:k]) == tuple(shapes[r])
                     and all(d == 1 for d in shapes[inp][k:]) and all(d == 1 for d in shapes[o][k:])):
                 low = _fresh(out, o + "__root", taken)
-                target, back = _fresh(out, "unit_shape", taken), _fresh(out, "unit_shape", taken)
-                out.graph.initializer.extend([
-                    numpy_helper.from_array(np.array(shapes[o][:k], np.int64), target),
-                    numpy_helper.from_array(np.array(shapes[o], np.int64), back)])
+                target = _int64(out, "unit_shape", taken, shapes[o][:k])
+                back = _int64(out, "unit_shape", taken, shapes[o])
                 nodes += [helper.make_node("Expand", [r, target], [low], name=node.name),
                           helper.make_node("Reshape", [low, back], [o], name=_fresh(out, "unit_view", taken))]
                 shapes[low] = tuple(shapes[o][:k])
@@ -269,8 +272,7 @@ def unit_axes(proto: onnx.ModelProto) -> onnx.ModelProto:
         lowered.CopyFrom(node)
         lowered.input[:] = [base(t) if t else t for t in node.input]
         lowered.output[:] = [low]
-        shape_name = _fresh(out, "unit_shape", taken)
-        out.graph.initializer.append(numpy_helper.from_array(np.array(shapes[o], np.int64), shape_name))
+        shape_name = _int64(out, "unit_shape", taken, shapes[o])
         nodes += [lowered, helper.make_node("Reshape", [low, shape_name], [o], name=_fresh(out, "unit_view", taken))]
         shapes[low] = shapes[roots[0]]
         root[o] = low
@@ -293,13 +295,10 @@ def _slice_on_root(node, shapes, consts, r, out, taken):
     axes = np.where(axes < 0, axes + len(full), axes)
     if (axes >= len(low)).any():
         return None
-    axes_name = _fresh(out, "unit_axes", taken)
-    out.graph.initializer.append(numpy_helper.from_array(axes.astype(np.int64), axes_name))
+    axes_name = _int64(out, "unit_axes", taken, axes)
     inputs = [r, node.input[1], node.input[2], axes_name] + list(node.input[4:5])
     sliced = _fresh(out, node.output[0] + "__root", taken)
-    shape_name = _fresh(out, "unit_shape", taken)
-    out.graph.initializer.append(numpy_helper.from_array(
-        np.array(shapes[node.output[0]], np.int64), shape_name))
+    shape_name = _int64(out, "unit_shape", taken, shapes[node.output[0]])
     shapes[sliced] = tuple(shapes[node.output[0]][:len(low)])
     return [helper.make_node("Slice", inputs, [sliced], name=node.name),
             helper.make_node("Reshape", [sliced, shape_name], list(node.output),
@@ -335,17 +334,15 @@ def conv_padding(proto: onnx.ModelProto) -> onnx.ModelProto:
         if geometry is None:
             nodes.append(node)
             continue
-        x, begin, end, needed = geometry
+        x, begin, needed = geometry
         pad = producers.get(x)
         folded = _spatial_zero_pads(pad, consts) if pad is not None else None
         if (folded is not None and x not in keep and pad.input[0] in shapes
                 and all(r is node or (r.op_type == "Conv" and r.input[0] == x
                                       and list(r.input).count(x) == 1) for r in readers[x])):
-            k = len(begin)
             x = pad.input[0]
-            begin = [a + b for a, b in zip(begin, folded[:k])]
-            end = [a + b for a, b in zip(end, folded[k:])]
-        size = shapes[x][2:]
+            begin = [a + b for a, b in zip(begin, folded[:len(begin)])]
+        size = shapes[x][2:]  # the end pad is what the windows read past the input
         end = [max(n - b - h, 0) for n, b, h in zip(needed, begin, size)]
         rows = [min(h, n - b) for n, b, h in zip(needed, begin, size)]
         if list(rows) != list(size):
@@ -354,9 +351,7 @@ def conv_padding(proto: onnx.ModelProto) -> onnx.ModelProto:
             pads = list(begin) + list(end)
         else:
             padded = _fresh(out, "conv_pad", taken)
-            widths = _fresh(out, "conv_pad_widths", taken)
-            out.graph.initializer.append(numpy_helper.from_array(
-                np.array([0, 0] + list(begin) + [0, 0] + list(end), np.int64), widths))
+            widths = _int64(out, "conv_pad_widths", taken, [0, 0] + list(begin) + [0, 0] + list(end))
             nodes.append(helper.make_node("Pad", [x, widths], [padded], name=padded))
             x, pads = padded, [0] * (2 * len(begin))
         node.input[0] = x
@@ -370,7 +365,7 @@ def conv_padding(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _conv_geometry(node, shapes, consts):
-    """(input, begin pads, end pads, padded extent the windows reach) of a 2D/3D Conv with
+    """(input, begin pads, padded extent the windows reach) of a 2D/3D Conv with
     static shapes and explicit pads; None for anything else."""
     if node.op_type != "Conv" or node.input[0] not in shapes or node.output[0] not in shapes:
         return None
@@ -386,17 +381,15 @@ def _conv_geometry(node, shapes, consts):
     dil = list(_attr(node, "dilations", [1] * k))
     pads = list(_attr(node, "pads", [0] * (2 * k)))
     needed = [s * (o - 1) + (kk - 1) * d + 1 for s, o, kk, d in zip(strides, out_size, kernel, dil)]
-    return node.input[0], pads[:k], pads[k:], needed
+    return node.input[0], pads[:k], needed
 
 
 def _append_slice(out, taken, nodes, x, rows):
     """Append ``Slice(x)`` keeping the first ``rows`` of each spatial axis; its name."""
     name = _fresh(out, "conv_read", taken)
-    bounds = []
-    for stem, values in (("starts", [0] * len(rows)), ("ends", rows),
-                         ("axes", list(range(2, 2 + len(rows))))):
-        bounds.append(_fresh(out, f"conv_read_{stem}", taken))
-        out.graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), bounds[-1]))
+    bounds = [_int64(out, f"conv_read_{stem}", taken, values)
+              for stem, values in (("starts", [0] * len(rows)), ("ends", rows),
+                                   ("axes", list(range(2, 2 + len(rows)))))]
     nodes.append(helper.make_node("Slice", [x] + bounds, [name], name=name))
     return name
 
@@ -437,9 +430,7 @@ def static_shape_ops(proto: onnx.ModelProto) -> onnx.ModelProto:
               and len(node.input) > 1 and node.input[1] in consts
               and all(shapes[x][int(a)] == 1 for a in consts[node.input[1]].reshape(-1))
               and consts[node.input[1]].size > 0):
-            target = _fresh(out, "unit_sum_shape", taken)
-            out.graph.initializer.append(numpy_helper.from_array(
-                np.array(shapes[node.output[0]], np.int64), target))
+            target = _int64(out, "unit_sum_shape", taken, shapes[node.output[0]])
             node.CopyFrom(helper.make_node("Reshape", [x, target], list(node.output), name=node.name))
     return fold_constants(out)
 

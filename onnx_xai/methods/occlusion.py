@@ -146,10 +146,9 @@ class OcclusionSensitivity:
             n_batch=self.n_batch, extra_inputs=extra_inputs, verbose=self.verbose,
             desc="OcclusionSensitivity")
         occ = blend(scores, starts, importance_map(mask, self.mode == "gaussian"), region)
-        if b_box is not None:  # the blended region, placed in the image, then cut to the box
-            full = np.zeros((scores.shape[1],) + tuple(spatial), np.float32)
-            full[(slice(None),) + tuple(slice(l, h) for l, h in zip(crop_lo, crop_hi))] = occ
-            occ = np.ascontiguousarray(full[(slice(None),) + final])
+        if b_box is not None:  # the analysed region covers the box: cut the box out of it
+            occ = np.ascontiguousarray(occ[(slice(None),) + tuple(
+                slice(f.start - l, f.stop - l) for f, l in zip(final, crop_lo))])
         classes = argmax_first_axis(occ.reshape(occ.shape[0], -1)).reshape((1, 1) + occ.shape[1:])
         return occ[None], classes
 
