@@ -253,11 +253,25 @@ class Model:
         return f"Model({self.path or 'in-memory'}, device={self.device!r}, inputs=[{ins}], outputs=[{outs}])"
 
     # ----------------------------------------------------------------- sessions
-    def _new_session(self, proto: onnx.ModelProto) -> ort.InferenceSession:
+    @property
+    def cpu_workers(self) -> int:
+        """How many single-threaded sessions split a long series of runs (gradient runs) on
+        the CPU: ``threads``, or the usable cores when None; 1 on CUDA or with IO binding."""
+        if self.device == "gpu" or self.io_binding:
+            return 1
+        if self.threads is not None:
+            return self.threads
+        usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+        return max(1, len(usable))
+
+    def _new_session(self, proto: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
+        """A session on this model's device with ``threads`` (default: ``self.threads``)
+        intra-op threads."""
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        if self.threads is not None:
-            options.intra_op_num_threads = self.threads
+        threads = self.threads if threads is None else threads
+        if threads is not None:
+            options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device == "gpu"
                      else ["CPUExecutionProvider"])

@@ -151,6 +151,27 @@ def test_tiny_cnn_input_and_layer_gradients_per_sample_targets(tiny_cnn, rng, ba
     np.testing.assert_array_equal(gm.run(x)["gradients"]["x"], gm.run(x, top)["gradients"]["x"])
 
 
+def test_cpu_runs_are_cache_sized_and_spread_over_workers(tiny_cnn, rng, monkeypatch):
+    """Runs cut to RUN_BYTES per largest activation, dealt to two single-threaded sessions:
+    the same gradients as torch, per sample, in order (5 samples = runs of 2, 2, 1)."""
+    from onnx_xai import autodiff
+
+    net, data = tiny_cnn
+    x = rng.standard_normal((5, 3, 16, 16)).astype(np.float32)
+    cls = np.array([0, 4, 2, 2, 1])
+    monkeypatch.setattr(autodiff, "RUN_BYTES", 2 * 4 * 8 * 16 * 16)  # 2 × (8, 16, 16) floats
+    gm = gradient_model(Model(data, threads=2), batch_size=4, backend="portable")
+    assert (gm.workers, gm.batch_size) == (2, 2)
+    assert_grad_close(gm.run(x, cls)["gradients"]["x"], torch_grads(net, x, cls)[0])
+    top = gm.model.predict(x).argmax(1)  # in-graph argmax targets, also on both workers
+    assert_grad_close(gm.run(x)["gradients"]["x"], torch_grads(net, x, top)[0])
+    assert {w for _, w in gm._sessions} == {0, 1}
+    single = gradient_model(Model(data, threads=1), batch_size=4, backend="portable")
+    assert (single.workers, single.batch_size) == (1, 2)
+    big = gradient_model(Model(data, device="cpu"), batch_size=1, backend="portable")
+    assert big.batch_size == 1  # never more than asked
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_resnet_layer4_gradients_equal_torch(resnet, rng, backend):
     net, data = resnet

@@ -16,6 +16,7 @@ onnxruntime), ``"auto"`` (ort-training when present, else portable).
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -65,16 +66,31 @@ class GradientModel:
     Built by ``gradient_model``. ``run`` takes any number of samples (split / padded to the
     built batch size). Gradients are of ``score_b = sum(output[b] * weights[b])``, by default
     the raw output ``output[b, class_idx[b]]`` (summed over ``region`` for dense outputs).
+
+    On the CPU the runs of one call are spread over ``workers`` single-threaded sessions
+    running side by side (``Model.cpu_workers``): a gradient graph keeps every activation
+    alive, and two small runs in parallel use the cores and caches better than one large
+    run split inside each operator.
     """
 
     def __init__(self, model, proto: onnx.ModelProto, spec: _Spec, batch_size: int,
                  shapes: dict[str, tuple], output: str, backend: str) -> None:
         self.model, self.proto, self.spec = model, proto, spec
         self.batch_size, self.shapes, self.output, self.backend = batch_size, shapes, output, backend
-        self.session = model._new_session(proto)
+        self.workers = model.cpu_workers
         self._zeros = {src: np.zeros(shapes[src], np.float32) for name, src in spec.sources.items()
                        if name in spec.layers}
-        self._argmax_session = None
+        self._sessions: dict[tuple[bool, int], Any] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _session(self, argmax: bool, worker: int):
+        """The session of ``worker`` for fed target weights, or for the in-graph argmax."""
+        key = (argmax, worker)
+        if key not in self._sessions:
+            proto = (_argmax_head(self.proto, self.output, self.output_shape[1]) if argmax
+                     else self.proto)
+            self._sessions[key] = self.model._new_session(proto, 1 if self.workers > 1 else None)
+        return self._sessions[key]
 
     @property
     def output_shape(self) -> tuple:
@@ -135,12 +151,26 @@ class GradientModel:
             if target_weights.shape != (n,) + self.output_shape[1:]:
                 raise ValueError(f"target_weights must have shape {(n,) + self.output_shape[1:]}, "
                                  f"got {target_weights.shape}")
-        parts = [self._run_batch(x[s:s + b], None if in_graph else target_weights[s:s + b],
-                                 extra, n, s) for s in range(0, n, b)]
+        starts = list(range(0, n, b))
+        workers = min(self.workers, len(starts))
+
+        def work(worker: int) -> list:
+            session = self._session(in_graph, worker)
+            return [self._run_batch(session, x[s:s + b], None if in_graph else target_weights[s:s + b],
+                                    extra, n, s) for s in starts[worker::workers]]
+        if workers == 1:
+            parts = work(0)
+        else:
+            for worker in range(workers):  # sessions are made here, not in the threads
+                self._session(in_graph, worker)
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="onnx_xai_grad")
+            done = list(self._pool.map(work, range(workers)))
+            parts = [done[i % workers][i // workers] for i in range(len(starts))]
         return {kind: {k: np.concatenate([p[kind][k] for p in parts]) for k in parts[0][kind]}
                 for kind in ("outputs", "activations", "gradients")}
 
-    def _run_batch(self, x, w, extra, n_total, start):
+    def _run_batch(self, session, x, w, extra, n_total, start):
         """One run at the built batch size; ``w`` None: each sample's argmax class, picked
         inside the graph (no separate forward pass)."""
         m, b = x.shape[0], self.batch_size
@@ -151,10 +181,6 @@ class GradientModel:
         feeds = {self.model.input_name: x, **self._zeros}
         if w is not None:
             feeds[WEIGHTS] = w
-        elif self._argmax_session is None:
-            self._argmax_session = self.model._new_session(
-                _argmax_head(self.proto, self.output, self.output_shape[1]))
-        session = self.session if w is not None else self._argmax_session
         for name, value in extra.items():
             feeds[name] = self.model._batch_extra(name, value, m, n_total, start)
             if feeds[name].shape[:1] == (m,) and m < b:
@@ -219,6 +245,26 @@ def _input_shapes(model, batch_size: int, input_shape: Sequence[int] | None,
     return shapes
 
 
+#: On the CPU, a run's batch is cut until its largest activation fits in this many bytes.
+RUN_BYTES = 8 << 20
+
+
+def _run_batch_size(model, proto: onnx.ModelProto, shapes: dict[str, tuple], batch_size: int) -> int:
+    """The built batch for at most ``batch_size`` samples per run: all of them on CUDA; on the
+    CPU as many as keep the largest activation within ``RUN_BYTES`` (memory-bound adjoint
+    steps then run in cache; ``GradientModel`` spreads the runs over its workers)."""
+    if model.device == "gpu":
+        return batch_size
+    memo = model.__dict__.setdefault("_largest_activation", {})
+    key = tuple(sorted(shapes.items()))
+    if key not in memo:
+        static = graph.static_shapes(proto, shapes)
+        weights = {t.name for t in static.graph.initializer}
+        memo[key] = max((int(np.prod(v)) for k, v in graph.tensor_shapes(static).items()
+                         if k not in weights), default=1)
+    return int(np.clip(RUN_BYTES // (4 * memo[key]), 1, batch_size))
+
+
 def gradient_model(model, wrt: str | Sequence[str] | None = None, *, output: str | None = None,
                    batch_size: int = 1, input_shape: Sequence[int] | None = None,
                    extra_shapes: dict[str, Sequence[int]] | None = None, backend: str = "auto",
@@ -230,7 +276,9 @@ def gradient_model(model, wrt: str | Sequence[str] | None = None, *, output: str
         wrt: names to differentiate w.r.t.: the explained input's name and/or target layers
             (tensor, node or dotted module name, see ``graph.resolve_layer``); default: the input.
         output: the model output the target score is read from (default: the first).
-        batch_size: the static batch of the built graph; ``run`` splits and pads to it.
+        batch_size: the most samples per ONNX Runtime run: the built graph's static batch
+            (on the CPU cut to cache-sized runs, see ``RUN_BYTES``); ``run`` splits and pads
+            to it.
         input_shape: per-sample shape ``(C, H, W[, D])`` where the model's input has free dims.
         backend: ``"auto"``, ``"portable"`` or ``"ort-training"``.
         guided: guided-backprop rule on ReLU and Clip(0, max) (ReLU6).
@@ -246,7 +294,9 @@ def gradient_model(model, wrt: str | Sequence[str] | None = None, *, output: str
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     backend = _backend(backend)
-    shapes = _input_shapes(model, int(batch_size), input_shape, extra_shapes)
+    shapes = _input_shapes(model, 1, input_shape, extra_shapes)
+    shapes = _input_shapes(model, _run_batch_size(model, proto, shapes, int(batch_size)),
+                           input_shape, extra_shapes)
     key = (tuple(wrt), output, tuple(sorted(shapes.items())), backend, bool(guided))
     memo = model.__dict__.setdefault("_gradient_models", {})
     if key not in memo:

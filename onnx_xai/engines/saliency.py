@@ -4,7 +4,8 @@ SmoothGrad, integrated gradients and FastEstimator's SaliencyNet all evaluate th
 gradient at ``n`` samples derived from each image (noisy copies, points on a path). The
 samples of all images are laid end to end (image 0's ``n``, then image 1's, ...), built a
 chunk at a time by the method's ``make(images, steps)`` and run through the gradient model
-one built batch at a time; the method reduces the gradients it gets back per image.
+(which splits a chunk into runs over its CPU workers); the method reduces the gradients it
+gets back per image.
 """
 from __future__ import annotations
 
@@ -117,6 +118,8 @@ def sample_gradients(model: Model, x: np.ndarray, n_per_image: int,
                     if v.ndim == len(next(i for i in model.inputs if i.name == k).shape)}
     gm = gradient_model(model, output=output, batch_size=b, input_shape=x.shape[1:],
                         extra_shapes=extra_shapes or None, guided=guided)
+    unit = gm.workers * gm.batch_size  # a chunk keeps every worker busy to its end
+    b = min(total, -(-b // unit) * unit)
     with tqdm(total=total, desc=desc, unit="sample", disable=not verbose, leave=False) as bar:
         for start in range(0, total, b):
             flat = np.arange(start, min(start + b, total))
