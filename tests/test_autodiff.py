@@ -402,6 +402,28 @@ def test_conv_transpose_with_stride_is_left_alone():
     assert passes.conv_transpose_to_conv(passes.infer(proto)).graph.node[0].op_type == "ConvTranspose"
 
 
+@pytest.mark.parametrize("attrs, starts, ends, axes", [
+    ({"output_shape": [9, 9]}, [0, 0], [8, 8], [2, 3]),           # onnx-ad's Pad adjoint
+    ({"output_shape": [10, 9]}, [1, 2], [-1, 9], [2, 3]),          # ceil / floor split, crops
+    ({"pads": [1, 0, 0, 1], "group": 2}, [0, 1, 1], [2, 5, 100], [1, 2, 3]),
+    ({}, [0], [1], [1]),                                           # crops channels: kept
+])
+def test_conv_transpose_crops_fold_slices_into_pads(rng, attrs, starts, ends, axes):
+    group = attrs.get("group", 1)
+    w = rng.standard_normal((2, 2 // group, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["t"], strides=[2, 2], **attrs),
+             helper.make_node("Slice", ["t", "s", "e", "a"], ["y"])]
+    inits = [numpy_helper.from_array(w, "w")] + [numpy_helper.from_array(np.array(v, np.int64), k)
+                                                 for k, v in (("s", starts), ("e", ends), ("a", axes))]
+    proto = passes.infer(_model(nodes, [_vi("x", [1, 2, 4, 4])], [_vi("y", None)], inits))
+    new = passes.conv_transpose_crops(proto)
+    x = {"x": rng.standard_normal((1, 2, 4, 4)).astype(np.float32)}
+    want, got = (ort.InferenceSession(m.SerializeToString()).run(None, x)[0] for m in (proto, new))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert [n.op_type for n in new.graph.node] == (["ConvTranspose", "Slice"] if axes == [1]
+                                                  else ["ConvTranspose"])
+
+
 def test_seed_transposes_pass_keeps_values(rng):
     proto = _model([helper.make_node("Transpose", ["x"], ["a"], perm=[0, 3, 1, 2]),
                     helper.make_node("Transpose", ["x"], ["b"], perm=[0, 2, 1, 3])],

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnx
 
-FORMAT = 4  # bump when the way gradient models are built changes
+FORMAT = 5  # bump when the way gradient models are built changes
 
 
 def cache_dir() -> Path:

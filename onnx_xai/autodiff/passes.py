@@ -136,15 +136,9 @@ def conv_transpose_to_conv(proto: onnx.ModelProto) -> onnx.ModelProto:
         if any(s != 1 for s in strides) or any(out_pad) or auto_pad not in (b"NOTSET", "NOTSET"):
             continue
         keff = [(kk - 1) * d + 1 for kk, d in zip(k, dil)]
-        target = _attr(node, "output_shape")
-        if target is not None:
-            if node.input[0] not in shapes:
-                continue
-            size = shapes[node.input[0]][2:]
-            total = [(s - 1) + ke - o for s, ke, o in zip(size, keff, list(target)[-n:])]
-            pads = [t - t // 2 for t in total] + [t // 2 for t in total]
-        else:
-            pads = list(_attr(node, "pads", [0] * (2 * n)))
+        pads = _transpose_pads(node, shapes, keff)
+        if pads is None:
+            continue
         mirrored = [keff[i % n] - 1 - p for i, p in enumerate(pads)]
         if any(q < 0 for q in mirrored):
             continue
@@ -160,6 +154,91 @@ def conv_transpose_to_conv(proto: onnx.ModelProto) -> onnx.ModelProto:
                                 dilations=dil, pads=mirrored, kernel_shape=k, strides=strides)
         node.CopyFrom(conv)
     return dead_nodes(out)
+
+
+def _transpose_pads(node: onnx.NodeProto, shapes: dict, keff: list[int]) -> list[int] | None:
+    """A ``ConvTranspose``'s ``[begins..., ends...]`` crop of its full output: its ``pads``, or
+    as ONNX derives them from ``output_shape`` (the excess split ceil / floor, begin first);
+    None when that needs the input shape and it is unknown."""
+    n = len(keff)
+    target = _attr(node, "output_shape")
+    if target is None:
+        return list(_attr(node, "pads", [0] * (2 * n)))
+    if node.input[0] not in shapes:
+        return None
+    size = shapes[node.input[0]][2:]
+    strides = list(_attr(node, "strides", [1] * n))
+    extra = list(_attr(node, "output_padding", [0] * n))
+    total = [s * (h - 1) + e + ke - o
+             for s, h, e, ke, o in zip(strides, size, extra, keff, list(target)[-n:])]
+    return [t - t // 2 for t in total] + [t // 2 for t in total]
+
+
+def conv_transpose_crops(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A ``Slice`` that only crops the spatial axes of a ``ConvTranspose`` (its sole reader;
+    onnx-ad's adjoint of an explicit ``Pad`` before a strided Conv) becomes part of the
+    ConvTranspose's ``pads``: the cropped rows are never computed or copied."""
+    shapes = _graph.tensor_shapes(proto)
+    consts = constant_values(proto)
+    keep = {o.name for o in proto.graph.output}
+    out = _copy(proto)
+    readers: dict[str, list] = {}
+    for node in out.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    dropped = set()
+    for node in out.graph.node:
+        if node.op_type != "ConvTranspose" or node.output[0] in keep or node.output[0] not in shapes:
+            continue
+        users = readers.get(node.output[0], [])
+        full = shapes[node.output[0]]
+        window = (_spatial_crop(users[0], consts, full)
+                  if len(users) == 1 and users[0].op_type == "Slice" else None)
+        w = shapes.get(node.input[1])
+        if window is None or w is None or _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            continue
+        n = len(full) - 2
+        dil = list(_attr(node, "dilations", [1] * n))
+        pads = _transpose_pads(node, shapes, [(k - 1) * d + 1 for k, d in zip(w[2:], dil)])
+        if pads is None:
+            continue
+        lo, hi = window
+        pads = [p + a for p, a in zip(pads[:n], lo)] + [p + f - b for p, f, b in zip(pads[n:], full[2:], hi)]
+        if min(pads) < 0:
+            continue
+        kept = [a for a in node.attribute if a.name not in ("pads", "output_shape", "output_padding")]
+        del node.attribute[:]
+        node.attribute.extend(kept + [helper.make_attribute("pads", pads)])
+        node.output[0] = users[0].output[0]
+        dropped.add(id(users[0]))
+    nodes = [n for n in out.graph.node if id(n) not in dropped]
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return dead_nodes(out)
+
+
+def _spatial_crop(node: onnx.NodeProto, consts: dict, shape: tuple) -> tuple[list, list] | None:
+    """(begins, ends) per spatial axis of a constant, step-1 ``Slice`` of a ``shape`` tensor
+    that keeps the batch and channel axes whole; None for any other Slice."""
+    ins = list(node.input) + [""] * (5 - len(node.input))
+    if any(t and t not in consts for t in ins[1:]):
+        return None
+    starts, ends = consts[ins[1]].reshape(-1), consts[ins[2]].reshape(-1)
+    axes = consts[ins[3]].reshape(-1) if ins[3] else np.arange(len(starts))
+    steps = consts[ins[4]].reshape(-1) if ins[4] else np.ones(len(starts), np.int64)
+    lo, hi = [0] * (len(shape) - 2), list(shape[2:])
+    for a, st, en, step in zip(axes, starts, ends, steps):
+        a = int(a) + (len(shape) if a < 0 else 0)
+        size = shape[a]
+        st, en = (int(np.clip(v + size if v < 0 else v, 0, size)) for v in (st, en))
+        if step != 1 or en <= st:
+            return None
+        if a < 2:
+            if (st, en) != (0, size):
+                return None
+            continue
+        lo[a - 2], hi[a - 2] = st, en
+    return lo, hi
 
 
 def seed_transposes(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -446,8 +525,8 @@ def name_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-PASSES = (dead_nodes, where_to_mul, conv_transpose_to_conv, seed_transposes, static_shape_ops,
-          unit_axes, dead_nodes, name_nodes)
+PASSES = (dead_nodes, where_to_mul, seed_transposes, static_shape_ops, unit_axes,
+          conv_transpose_crops, conv_transpose_to_conv, dead_nodes, name_nodes)
 
 
 def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
