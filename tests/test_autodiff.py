@@ -166,6 +166,8 @@ def test_cpu_runs_are_cache_sized_and_spread_over_workers(tiny_cnn, rng, monkeyp
     top = gm.model.predict(x).argmax(1)  # in-graph argmax targets, also on both workers
     assert_grad_close(gm.run(x)["gradients"]["x"], torch_grads(net, x, top)[0])
     assert {w for _, w in gm._sessions} == {0, 1}
+    gm.run(x[:1], cls[:1])  # one run: one session with all the threads
+    assert (False, None) in gm._sessions
     single = gradient_model(Model(data, threads=1), batch_size=4, backend="portable")
     assert (single.workers, single.batch_size) == (1, 2)
     big = gradient_model(Model(data, device="cpu"), batch_size=1, backend="portable")

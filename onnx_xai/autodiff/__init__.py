@@ -67,10 +67,10 @@ class GradientModel:
     built batch size). Gradients are of ``score_b = sum(output[b] * weights[b])``, by default
     the raw output ``output[b, class_idx[b]]`` (summed over ``region`` for dense outputs).
 
-    On the CPU the runs of one call are spread over ``workers`` single-threaded sessions
-    running side by side (``Model.cpu_workers``): a gradient graph keeps every activation
-    alive, and two small runs in parallel use the cores and caches better than one large
-    run split inside each operator.
+    On the CPU, a call of several runs spreads them over ``workers`` single-threaded
+    sessions side by side (``Model.cpu_workers``): a gradient graph keeps every activation
+    alive, and small runs in parallel use the cores and caches better than one large run
+    split inside each operator. A call of one run uses one session with all the threads.
     """
 
     def __init__(self, model, proto: onnx.ModelProto, spec: _Spec, batch_size: int,
@@ -83,13 +83,14 @@ class GradientModel:
         self._sessions: dict[tuple[bool, int], Any] = {}
         self._pool: ThreadPoolExecutor | None = None
 
-    def _session(self, argmax: bool, worker: int):
-        """The session of ``worker`` for fed target weights, or for the in-graph argmax."""
+    def _session(self, argmax: bool, worker: int | None):
+        """The single-threaded session of ``worker`` (None: one session with the model's
+        threads), for fed target weights or for the in-graph argmax."""
         key = (argmax, worker)
         if key not in self._sessions:
             proto = (_argmax_head(self.proto, self.output, self.output_shape[1]) if argmax
                      else self.proto)
-            self._sessions[key] = self.model._new_session(proto, 1 if self.workers > 1 else None)
+            self._sessions[key] = self.model._new_session(proto, None if worker is None else 1)
         return self._sessions[key]
 
     @property
@@ -154,12 +155,12 @@ class GradientModel:
         starts = list(range(0, n, b))
         workers = min(self.workers, len(starts))
 
-        def work(worker: int) -> list:
+        def work(worker: int | None) -> list:
             session = self._session(in_graph, worker)
             return [self._run_batch(session, x[s:s + b], None if in_graph else target_weights[s:s + b],
-                                    extra, n, s) for s in starts[worker::workers]]
-        if workers == 1:
-            parts = work(0)
+                                    extra, n, s) for s in starts[worker or 0::workers]]
+        if workers == 1:  # a single run (one image's Grad-CAM) uses every thread itself
+            parts = work(None)
         else:
             for worker in range(workers):  # sessions are made here, not in the threads
                 self._session(in_graph, worker)
