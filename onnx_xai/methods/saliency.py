@@ -25,7 +25,8 @@ class VanillaGrad:
 
     Args:
         model: anything ``Model`` accepts; a classifier with output ``(B, K)``.
-        batch_size: samples per gradient run. output: the output read (default: the first).
+        batch_size: most samples per gradient run (CPU runs are cut to cache size, see
+            ``autodiff.RUN_BYTES``). output: the output read (default: the first).
     """
 
     guided = False
@@ -119,7 +120,7 @@ class IntegratedGradients(VanillaGrad):
         baseline: ``"zeros"``; ``"uniform"`` (uniform in [min, max] of each image, seeded by
             ``seed``, as FastEstimator); a number; or an array shaped like ``x`` or one sample.
         n_steps, method: Captum's (see ``engines.saliency.ig_alphas_weights``).
-        internal_batch_size: path points per gradient run.
+        internal_batch_size: most path points per gradient run.
     """
 
     def __init__(self, model: ModelSource, baseline: Baseline = "zeros", n_steps: int = 50,

@@ -40,7 +40,7 @@ class SaliencyNet:
             passed through).
         model_outputs: output name(s) whose class score is explained.
         outputs: saliency key(s), one per model output.
-        batch_size: samples per gradient run. seed: noise and baselines.
+        batch_size: most samples per gradient run. seed: noise and baselines.
     """
 
     def __init__(self, model: ModelSource, model_inputs: str | Sequence[str],
