@@ -164,7 +164,8 @@ def _insert_after(g, producer_of: str, nodes: list) -> None:
 
 # ---------------------------------------------------------------------------- CAM rules
 def _cam_rule(b: _Builder, method: str, a: str, g: str, score: str | None, nd: int) -> str:
-    """Raw map ``(B, 1, *s)`` from activations ``a`` and gradients ``g`` ``(B, C, *s)``."""
+    """Raw map ``(B, 1, *s)`` from activations ``a`` and gradients ``g`` ``(B, C, *s)``;
+    GradCAM++ scales its weights by ``exp(score)`` when ``score`` is given."""
     sp = list(range(2, nd))
     if method == "gradcam":
         w = b.reduce("ReduceMean", g, sp)
@@ -183,8 +184,8 @@ def _cam_rule(b: _Builder, method: str, a: str, g: str, score: str | None, nd: i
         zero = b.op("Equal", [den, b.const(0.0, np.float32)])
         den = b.op("Add", [b.op("Where", [zero, b.const(1.0, np.float32), den]), b.const(1e-7, np.float32)])
         alpha = b.op("Div", [g2, den])
-        gain = b.op("Exp", [score])
-        w = b.reduce("ReduceSum", b.op("Mul", [alpha, b.op("Relu", [b.op("Mul", [gain, g])])]), sp)
+        positive = b.op("Relu", [g if score is None else b.op("Mul", [b.op("Exp", [score]), g])])
+        w = b.reduce("ReduceSum", b.op("Mul", [alpha, positive]), sp)
     return b.op("Relu", [b.reduce("ReduceSum", b.op("Mul", [w, a]), [1])])
 
 
@@ -319,7 +320,9 @@ def _finish(m, proto, shapes, core, method, act, grad, weights, output, per_samp
         else:
             gl = b.op("Squeeze", [grad, b.const([-1])])
             score = None
-            if method == "gradcampp":
+            if method == "gradcampp" and not normalize:
+                # exp(S) scales each sample's map by a positive constant, which the (min, max)
+                # normalisation cancels: left out there, it cannot overflow float32 (S > 88)
                 s = b.reduce("ReduceSum", b.op("Mul", [output, weights]), [1])
                 score = b.op("Unsqueeze", [s, b.const(list(range(2, nd)))])
             raw = _cam_rule(b, method, act, gl, score, nd)

@@ -129,6 +129,37 @@ def test_raw_maps_class_default_and_fixed_batch(resnet):
     np.testing.assert_allclose(got, ref, atol=1e-5 * max(1.0, np.abs(ref).max()))
 
 
+def test_gradcampp_with_logits_past_float32_exp(tiny_cnn):
+    """Logits past 88, where exp(S) overflows float32: the normalised export leaves out
+    exp(S) (a per-sample positive factor that the normalisation cancels) and equals MONAI's
+    GradCAMpp run in float64 on the torch model; the raw export keeps exp(S), as MONAI."""
+    monai_cam = pytest.importorskip("monai.visualize.class_activation_maps")
+
+    class Scaled(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x) * 1000.0
+
+    net = Scaled(tiny_cnn[0]).eval()
+    model = Model(export_onnx(net, torch.randn(2, 3, 16, 16)), device="cpu", verbose=False)
+    x = np.random.default_rng(5).normal(size=(3, 3, 16, 16)).astype(np.float32)
+    assert model.predict(x).max() > 88
+    proto = export_explainer(model, "gradcampp", "net.3", upsample=False)
+    got = session(proto).run(["saliency"], {"x": x})[0]
+    theirs = monai_cam.GradCAMpp(net.double(), "net.3")  # its normaliser is float32: raw maps
+    raw = np.concatenate([theirs.compute_map(torch.from_numpy(xi[None]).double()).detach().numpy()
+                          for xi in x])
+    lo, hi = raw.min((1, 2, 3), keepdims=True), raw.max((1, 2, 3), keepdims=True)
+    assert np.isfinite(got).all() and raw.max() > np.finfo(np.float32).max
+    np.testing.assert_allclose(got, 1 - (raw - lo) / (hi - lo), atol=1e-5)
+    raw = export_explainer(model, "gradcampp", "net.3", normalize=False)
+    assert "Exp" in [n.op_type for n in raw.graph.node]
+    net.float()
+
+
 def test_reference_evaluator_gives_the_same_outputs(tiny_cnn):
     """onnx.reference (a second, pure-Python runtime) agrees with ORT; full checker passes."""
     from onnx.reference import ReferenceEvaluator

@@ -139,6 +139,8 @@ class GradCAMpp(_CAMBase):
     MONAI's weights include ``exp(S)``; pytorch-grad-cam's GradCAM++ does not (and uses Σ A
     in α) — this class matches MONAI. Each sample uses its own ``exp(S_b)`` (MONAI matches
     this for one sample at a time; with B > 1 it broadcasts the B scores over the last axis).
+    Like MONAI's, maps scale with ``exp(S)`` and overflow float32 for logits above 88;
+    ``export_explainer``'s normalised graph leaves that per-sample factor out (it cancels).
     """
 
     def _map(self, t: Taps, x: np.ndarray, layer: str) -> np.ndarray:
