@@ -113,7 +113,8 @@ class Sample:
 
 
 def collect_inputs(paths: list[str]) -> list[Path]:
-    """Files named, and the images / ``.npy`` files inside folders named (recursively, sorted)."""
+    """Files named, and the images / ``.npy`` files inside folders named (recursively, sorted);
+    ValueError when that finds none."""
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -123,6 +124,8 @@ def collect_inputs(paths: list[str]) -> list[Path]:
             files.append(p)
         else:
             raise FileNotFoundError(f"no input file or folder at {str(p)!r}")
+    if not files:
+        raise ValueError(f"no images or .npy files in {', '.join(map(str, paths))}")
     return list(dict.fromkeys(files))
 
 

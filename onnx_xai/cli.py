@@ -133,8 +133,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
     methods = _methods(args, args.method)
     _check_model(args, methods)
     files = collect_inputs(args.inputs)
-    if not files:
-        raise ValueError(f"no images or .npy files in {', '.join(args.inputs)}")
     explainer = Explainer(_config(args, methods, args.metric_steps))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,8 +177,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
     methods = _methods(args, args.methods)
     _check_model(args, methods)
     files = collect_inputs(args.folders)
-    if not files:
-        raise ValueError(f"no images or .npy files in {', '.join(args.folders)}")
     config = _config(args, methods, 0 if args.no_metrics else args.metric_steps)
     Explainer(config)  # fail early on a model or preprocessing problem
     out = Path(args.out)

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_xai import Model, UnsupportedModelError, assets
 from onnx_xai.autodiff import available_backends, cache, gradient_model, gradients, passes
 
-from conftest import BasicBlock, export_onnx
+from conftest import SmallResNet, export_onnx, randomize_bn
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -65,39 +65,10 @@ def torch_grads(net, x, cls, layer=None, guided=False, dtype=None):
 
 
 # ----------------------------------------------------------------------------- models
-class ResNetLike(nn.Module):
-    def __init__(self, n_classes=6):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = nn.Sequential(BasicBlock(8, 8, 1))
-        self.layer2 = nn.Sequential(BasicBlock(8, 16, 2))
-        self.layer3 = nn.Sequential(BasicBlock(16, 16, 2))
-        self.layer4 = nn.Sequential(BasicBlock(16, 24, 2), BasicBlock(24, 24, 1))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(24, n_classes)
-
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-def _randomize_bn(net):
-    for m in net.modules():
-        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-    return net.eval()
-
-
 @pytest.fixture(scope="module")
 def resnet():
     torch.manual_seed(1)
-    net = _randomize_bn(ResNetLike())
+    net = randomize_bn(SmallResNet(6, layer3_stride=2))
     return net, export_onnx(net, torch.randn(2, 3, 64, 64))
 
 
@@ -190,7 +161,7 @@ def test_resnet_layer4_gradients_equal_torch(resnet, rng, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_mixed_ops_model_gradients_equal_torch(rng, backend):
     torch.manual_seed(2)
-    net = _randomize_bn(MixedOps())
+    net = randomize_bn(MixedOps())
     model = Model(export_onnx(net, torch.randn(2, 2, 16, 16)))
     x = rng.standard_normal((4, 2, 16, 16)).astype(np.float32)
     cls = np.array([1, 3, 0, 2])
@@ -215,7 +186,7 @@ def test_3d_cnn_gradients_equal_torch(rng, backend):
 def test_monai_densenet121_gradients_equal_torch(rng, backend):
     monai = pytest.importorskip("monai")
     torch.manual_seed(4)
-    net = _randomize_bn(monai.networks.nets.DenseNet121(spatial_dims=2, in_channels=1, out_channels=3))
+    net = randomize_bn(monai.networks.nets.DenseNet121(spatial_dims=2, in_channels=1, out_channels=3))
     model = Model(export_onnx(net, torch.randn(2, 1, 32, 32)))
     x = rng.standard_normal((2, 1, 32, 32)).astype(np.float32)
     cls = np.array([2, 1])

@@ -11,7 +11,7 @@ monai_cam = pytest.importorskip("monai.visualize.class_activation_maps")
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from conftest import BasicBlock, export_onnx  # noqa: E402
+from conftest import SmallResNet, export_onnx, randomize_bn  # noqa: E402
 from onnx_xai import Model, UnsupportedModelError  # noqa: E402
 from onnx_xai.engines.cam import linear_resize  # noqa: E402
 from onnx_xai.matlab import grad_cam, imresize_matrix  # noqa: E402
@@ -22,37 +22,10 @@ TOL = 1e-4
 
 
 # ----------------------------------------------------------------------------- models
-class ResNet(nn.Module):
-    def __init__(self, n_classes=5):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, 8, 7, 2, 3, bias=False), nn.BatchNorm2d(8)
-        self.relu, self.maxpool = nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
-        self.layer1 = nn.Sequential(BasicBlock(8, 8, 1))
-        self.layer2 = nn.Sequential(BasicBlock(8, 16, 2))
-        self.layer3 = nn.Sequential(BasicBlock(16, 16, 1))
-        self.layer4 = nn.Sequential(BasicBlock(16, 24, 2), BasicBlock(24, 24, 1))
-        self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(24, n_classes)
-
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-def _randomize_bn(net):
-    for m in net.modules():
-        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.3)
-    return net.eval()
-
-
 @pytest.fixture(scope="module")
 def resnet():
     torch.manual_seed(1)
-    net = _randomize_bn(ResNet())
+    net = randomize_bn(SmallResNet(5))
     return net, Model(export_onnx(net, torch.randn(2, 3, 64, 64)), device="cpu", verbose=False)
 
 
@@ -60,7 +33,7 @@ def resnet():
 def densenet2d():
     from monai.networks.nets import DenseNet121
     torch.manual_seed(0)
-    net = _randomize_bn(DenseNet121(spatial_dims=2, in_channels=1, out_channels=3))
+    net = randomize_bn(DenseNet121(spatial_dims=2, in_channels=1, out_channels=3))
     return net, Model(export_onnx(net, torch.randn(1, 1, 48, 64)), device="cpu", verbose=False)
 
 
@@ -68,7 +41,7 @@ def densenet2d():
 def densenet3d():
     from monai.networks.nets import DenseNet
     torch.manual_seed(2)
-    net = _randomize_bn(DenseNet(spatial_dims=3, in_channels=1, out_channels=4, init_features=8,
+    net = randomize_bn(DenseNet(spatial_dims=3, in_channels=1, out_channels=4, init_features=8,
                                  growth_rate=8, block_config=(2, 3, 2)))
     return net, Model(export_onnx(net, torch.randn(1, 1, 24, 32, 28)), device="cpu", verbose=False)
 

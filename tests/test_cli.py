@@ -156,6 +156,17 @@ def test_explain_bad_arguments_exit_2(tmp_path, args, message):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("command", ["explain", "audit"])
+def test_a_folder_without_inputs_is_one_clear_line(tmp_path, command):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not an input")
+    r = cli(command, SHAPES, tmp_path / "empty", "--out", tmp_path / "o",
+            *(["--method"] if command == "explain" else ["--methods"]), "occlusion")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == f"onnx-xai: error: no images or .npy files in {tmp_path / 'empty'}"
+    assert not (tmp_path / "o").exists()
+
+
 def test_missing_model_is_one_clear_line(tmp_path):
     r = cli("explain", tmp_path / "none.onnx", CAT, "--method", "occlusion")
     assert r.returncode == 2 and r.stderr.strip() == f"onnx-xai: error: no ONNX model at '{tmp_path / 'none.onnx'}'"

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import onnx_xai as ox  # noqa: E402
-from conftest import BasicBlock, export_onnx  # noqa: E402
+from conftest import SmallResNet, export_onnx  # noqa: E402
 from onnx_xai import Model, UnsupportedModelError, assets, synthetic  # noqa: E402
 from onnx_xai.export import EXPORT_METHODS, export_explainer  # noqa: E402
 
@@ -27,24 +27,10 @@ CLASSES = {"gradcam": ox.GradCAM, "gradcampp": ox.GradCAMpp, "layercam": ox.Laye
            "vanilla": ox.VanillaGrad, "inputxgrad": ox.InputXGradient}
 
 
-class ResNet(nn.Module):
-    def __init__(self, n_classes=5):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, 8, 7, 2, 3, bias=False), nn.BatchNorm2d(8)
-        self.relu, self.maxpool = nn.ReLU(), nn.MaxPool2d(3, 2, 1)
-        self.layer1, self.layer2 = BasicBlock(8, 8, 1), BasicBlock(8, 16, 2)
-        self.layer4 = nn.Sequential(BasicBlock(16, 24, 2), BasicBlock(24, 24, 1))
-        self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(24, n_classes)
-
-    def forward(self, x):
-        x = self.layer4(self.layer2(self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
 @pytest.fixture(scope="module")
 def resnet():
     torch.manual_seed(1)
-    net = ResNet().eval()
+    net = SmallResNet(5, layer3_stride=None).eval()
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)
