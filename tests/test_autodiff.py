@@ -143,6 +143,8 @@ def test_cpu_runs_are_cache_sized_and_spread_over_workers(tiny_cnn, rng, monkeyp
     assert (single.workers, single.batch_size) == (1, 2)
     big = gradient_model(Model(data, device="cpu"), batch_size=1, backend="portable")
     assert big.batch_size == 1  # never more than asked
+    monkeypatch.setattr(autodiff, "_physical_memory", lambda: 4 * 4 * 8 * 16 * 16)
+    assert gradient_model(Model(data, threads=2), batch_size=4, backend="portable").workers == 1
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -16,6 +16,7 @@ onnxruntime), ``"auto"`` (ort-training when present, else portable).
 from __future__ import annotations
 
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -68,7 +69,8 @@ class GradientModel:
     the raw output ``output[b, class_idx[b]]`` (summed over ``region`` for dense outputs).
 
     On the CPU, a call of several runs spreads them over ``workers`` single-threaded
-    sessions side by side (``Model.cpu_workers``): a gradient graph keeps every activation
+    sessions side by side (``Model.cpu_workers``, fewer where their tensors would pass a
+    quarter of the RAM): a gradient graph keeps every activation
     alive, and small runs in parallel use the cores and caches better than one large run
     split inside each operator. A call of one run uses one session with all the threads.
     """
@@ -77,7 +79,7 @@ class GradientModel:
                  shapes: dict[str, tuple], output: str, backend: str) -> None:
         self.model, self.proto, self.spec = model, proto, spec
         self.batch_size, self.shapes, self.output, self.backend = batch_size, shapes, output, backend
-        self.workers = model.cpu_workers
+        self.workers = _worker_count(model, proto)
         self._zeros = {src: np.zeros(shapes[src], np.float32) for name, src in spec.sources.items()
                        if name in spec.layers}
         self._sessions: dict[tuple[bool, int], Any] = {}
@@ -195,6 +197,26 @@ class GradientModel:
         return {"outputs": {o: got[o][:m] for o in sp.outputs},
                 "activations": {k: got[v][:m] for k, v in sp.layers.items()},
                 "gradients": grads}
+
+
+def _physical_memory() -> int:
+    """Bytes of RAM (a large number where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 40
+
+
+def _worker_count(model, proto: onnx.ModelProto) -> int:
+    """``model.cpu_workers``, fewer when that many sessions' tensors (every tensor of the
+    gradient graph, an upper bound) would pass a quarter of the machine's memory."""
+    workers = model.cpu_workers
+    if workers == 1:
+        return 1
+    weights = {t.name for t in proto.graph.initializer}
+    per_session = 4 * sum(int(np.prod(shape)) for name, shape in graph.tensor_shapes(proto).items()
+                          if name not in weights)
+    return int(np.clip(_physical_memory() // 4 // max(per_session, 1), 1, workers))
 
 
 def _argmax_head(proto: onnx.ModelProto, output: str, n_classes: int) -> onnx.ModelProto:
