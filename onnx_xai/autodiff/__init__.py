@@ -70,9 +70,9 @@ class GradientModel:
 
     On the CPU, a call of several runs spreads them over ``workers`` single-threaded
     sessions side by side (``Model.cpu_workers``, fewer where their tensors would pass a
-    quarter of the RAM): a gradient graph keeps every activation
-    alive, and small runs in parallel use the cores and caches better than one large run
-    split inside each operator. A call of one run uses one session with all the threads.
+    quarter of the RAM): a gradient graph keeps every activation alive, and small runs in
+    parallel use the cores and caches better than one large run split inside each
+    operator. A call of one run uses one session with all the threads.
     """
 
     def __init__(self, model, proto: onnx.ModelProto, spec: _Spec, batch_size: int,
