@@ -28,6 +28,7 @@ import onnxruntime as ort
 
 import onnx_xai
 from onnx_xai import Model, assets, metrics, synthetic
+from onnx_xai.methods.cam import minmax_normalizer
 from onnx_xai.preprocess import ImageSpec, read_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -138,7 +139,39 @@ def speed_rows(repeats: int, quick: bool, peers_python: str | None) -> tuple[lis
             rows.append(_row(name, "head activation, 1 image", t, 1, peer_name, t.get("MONAI")))
         except Exception as exc:  # an API still being written: report, don't fail the table
             notes.append(f"{name}: failed to run ({type(exc).__name__}: {exc}), skipped")
+
+    # Gradient saliency -----------------------------------------------------
+    sg = onnx_xai.SmoothGrad(model, 0.15, 25, True, verbose=False, seed=0)
+    ig = onnx_xai.IntegratedGradients(model, n_steps=50)
+    for name, ours, n_img, peer_name, peer in (
+            ("SmoothGrad", lambda: sg(x), 25, "MONAI", _monai_smoothgrad(net, x, quick)),
+            ("IntegratedGradients", lambda: ig(x, CAT), 50, "Captum", _captum_ig(net, x, quick))):
+        fns = {"ours": ours, "ort": bare_inference(model, x, n_img, 16)}
+        if peer is not None:
+            fns[peer_name] = peer
+        t = interleaved(fns, repeats, warmup=True)
+        settings = ("25 samples, stdev 0.15, magnitude, argmax targets" if name == "SmoothGrad"
+                    else "50 steps, gausslegendre, zero baseline")
+        rows.append(_row(name, settings, t, n_img, peer_name if peer else None, t.get(peer_name)))
     return rows, notes
+
+
+def _monai_smoothgrad(net, x: np.ndarray, quick: bool) -> Callable[[], Any] | None:
+    if net is None or quick:
+        return None
+    import torch
+    from monai.visualize import SmoothGrad
+    smooth = SmoothGrad(net, 0.15, 25, True, verbose=False)
+    return lambda: smooth(torch.from_numpy(x))
+
+
+def _captum_ig(net, x: np.ndarray, quick: bool) -> Callable[[], Any] | None:
+    if net is None or quick:
+        return None
+    import torch
+    from captum.attr import IntegratedGradients
+    ig = IntegratedGradients(net)
+    return lambda: ig.attribute(torch.from_numpy(x), baselines=0.0, target=CAT, n_steps=50)
 
 
 def _no_grad(fn: Callable[[], Any]) -> Any:
@@ -221,11 +254,16 @@ def explainers(model: Model, spatial_ndim: int, n_masks: int, cam_layer: str | N
         out["Occlusion"] = occlusion
     for name in ("GradCAM", "GradCAMpp"):
         if have(name) and cam_layer:
-            try:
-                cam = getattr(onnx_xai, name)(model, target_layers=cam_layer)
+            try:  # hot = 1 (MONAI's default post-processing maps the hottest region to 0)
+                cam = getattr(onnx_xai, name)(model, target_layers=cam_layer,
+                                              postprocessing=minmax_normalizer)
                 out[name] = lambda x, k, cam=cam: np.asarray(cam(x, class_idx=k))
             except Exception:
                 pass
+    sg = onnx_xai.SmoothGrad(model, 0.15, 25, True, verbose=False, seed=0)
+    ig = onnx_xai.IntegratedGradients(model, n_steps=50)
+    out["SmoothGrad"] = lambda x, k: sg(x, k).sum(1, keepdims=True)  # magnitude: ≥ 0
+    out["IntegratedGradients"] = lambda x, k: np.abs(ig(x, k)).sum(1, keepdims=True)
     return out
 
 
@@ -301,7 +339,8 @@ def main() -> None:
         "## Speed: EfficientNet-Lite0, cat photo (224 × 224), CPU",
         f"Median of {a.repeats} interleaved runs after one warm-up. \"bare ORT\" runs the same "
         "number of images through the same ONNX Runtime session at the same batch size: the floor "
-        "for a perturbation method. Peers run the same weights (torch for MONAI / Captum, "
+        "for a perturbation method (for the gradient methods it counts their cost in forward "
+        "passes). Peers run the same weights (torch for MONAI / Captum, "
         "ONNX Runtime for DIANNA) with 2 threads. DIANNA runs in its own venv and process, not "
         "interleaved with ours: on a loaded machine compare it through its own bare-ORT ratio only "
         "with care.",
@@ -313,7 +352,10 @@ def main() -> None:
         "normalised mean colour — on the photos), insertion AUC (↑; from a blurred copy, σ = 5 px), "
         "softmax probability of the true class (synthetic) or the predicted class (photos), 32 / 50 "
         "steps; pointing-game accuracy (↑) against the object mask. \"ground-truth mask\" is the "
-        "object mask itself as a map (a reference, not a method); \"random map\" is smooth random noise (Gaussian-blurred, σ = side / 16).",
+        "object mask itself as a map (a reference, not a method); \"random map\" is smooth random noise (Gaussian-blurred, σ = side / 16). "
+        "CAM maps are min-max normalised with hot = 1 (not MONAI's flipped default); SmoothGrad "
+        "(25 samples, magnitude) and IntegratedGradients (50 steps, |attribution|) are summed "
+        "over channels.",
         table(["data", "method", "deletion AUC ↓", "insertion AUC ↑", "pointing game ↑", "images"], quality),
         "RISE weights masks by the softmax probability by default (as the paper); a model that is "
         "nearly certain (the toy models) hardly changes its probability under a mask, so its "
