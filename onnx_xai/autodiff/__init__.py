@@ -213,10 +213,15 @@ def _worker_count(model, proto: onnx.ModelProto) -> int:
     workers = model.cpu_workers
     if workers == 1:
         return 1
-    weights = {t.name for t in proto.graph.initializer}
-    per_session = 4 * sum(int(np.prod(shape)) for name, shape in graph.tensor_shapes(proto).items()
-                          if name not in weights)
+    per_session = 4 * sum(_activation_sizes(proto))
     return int(np.clip(_physical_memory() // 4 // max(per_session, 1), 1, workers))
+
+
+def _activation_sizes(proto: onnx.ModelProto) -> list[int]:
+    """Element counts of every statically shaped tensor of ``proto`` but its weights."""
+    weights = {t.name for t in proto.graph.initializer}
+    return [int(np.prod(shape)) for name, shape in graph.tensor_shapes(proto).items()
+            if name not in weights]
 
 
 def _argmax_head(proto: onnx.ModelProto, output: str, n_classes: int) -> onnx.ModelProto:
@@ -281,10 +286,7 @@ def _run_batch_size(model, proto: onnx.ModelProto, shapes: dict[str, tuple], bat
     memo = model.__dict__.setdefault("_largest_activation", {})
     key = tuple(sorted(shapes.items()))
     if key not in memo:
-        static = graph.static_shapes(proto, shapes)
-        weights = {t.name for t in static.graph.initializer}
-        memo[key] = max((int(np.prod(v)) for k, v in graph.tensor_shapes(static).items()
-                         if k not in weights), default=1)
+        memo[key] = max(_activation_sizes(graph.static_shapes(proto, shapes)), default=1)
     return int(np.clip(RUN_BYTES // (4 * memo[key]), 1, batch_size))
 
 
