@@ -24,7 +24,8 @@ import scipy.special
 from tqdm.auto import tqdm
 
 from . import graph
-from .errors import DeviceError, OnnxXaiError
+from .errors import DeviceError, OnnxXaiError, UnsupportedModelError
+from .finite import check_finite_input
 
 ModelSource = Union["Model", str, os.PathLike, bytes, onnx.ModelProto, ort.InferenceSession]
 
@@ -129,6 +130,55 @@ def cuda_status() -> tuple[bool, str]:
                      "(pip install 'onnx-xai[cuda]'), or use device='cpu'.")
 
 
+_UNKNOWN_OP = (
+    re.compile(r'In Node, \("[^"]*", (?P<op>[\w.]+), "(?P<domain>[^"]*)".*Error No Op registered'),
+    re.compile(r"(?P<domain>[\w.]*):(?P<op>[\w.]+)\(-?\d+\) is not a registered function/op"),
+    re.compile(r"Could not find an implementation for (?P<op>[\w.]+)\((?P<version>\d+)\)"),
+)
+
+
+def session_error(exc: Exception, proto: onnx.ModelProto) -> Exception:
+    """ONNX Runtime's refusal to build a session as one of our errors: an operator it does
+    not know → ``UnsupportedModelError`` naming op and domain; anything else → ``OnnxXaiError``."""
+    text = str(exc)
+    for pattern in _UNKNOWN_OP:
+        m = pattern.search(text)
+        if m:
+            op, domain = m.group("op"), m.groupdict().get("domain")
+            if domain is None:
+                domain = next((n.domain for n in proto.graph.node if n.op_type == op), "")
+            return UnsupportedModelError(
+                f"ONNX Runtime {ort.__version__} has no kernel for operator {op!r} "
+                f"(domain {domain or 'ai.onnx'!r}) used by the model; export it with standard "
+                "operators or use an ONNX Runtime build that provides it")
+    line = next((l for l in text.splitlines() if l.strip()), type(exc).__name__)
+    line = re.sub(r"^\[ONNXRuntimeError\] : \d+ : ", "", line.strip())
+    return UnsupportedModelError(f"ONNX Runtime {ort.__version__} cannot load the model: {line}")
+
+
+THREADS_PER_CORE = 4
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    return max(1, len(usable))
+
+
+def check_threads(threads: Any) -> int | None:
+    """``threads`` checked: None, or a positive int at most ``THREADS_PER_CORE`` × the usable
+    cores (ONNX Runtime would otherwise spawn them all, never returning)."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    limit = THREADS_PER_CORE * usable_cores()
+    if threads > limit:
+        raise ValueError(f"threads={threads} is more than {THREADS_PER_CORE} per usable core "
+                         f"({usable_cores()} cores here, so at most {limit}); use None for all cores")
+    return int(threads)
+
+
 def _resolve_device(device: str) -> str:
     if device not in _DEVICES:
         raise ValueError(f"device must be one of {_DEVICES}, got {device!r}")
@@ -142,20 +192,44 @@ def _resolve_device(device: str) -> str:
     return "gpu" if works else "cpu"
 
 
+def _parse_proto(data: bytes, what: str) -> onnx.ModelProto:
+    """``data`` parsed as an ONNX model, or ``ValueError`` "not an ONNX model: ``what`` ..."."""
+    if not data:
+        raise ValueError(f"not an ONNX model: {what} is empty (0 bytes)")
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"not an ONNX model: {what} cannot be parsed ({first}); "
+                         "is it truncated, or a file of another format?") from None
+    if not proto.graph.node and not proto.graph.output:
+        raise ValueError(f"not an ONNX model: {what} holds no graph; is it truncated, "
+                         "or a file of another format?")
+    return proto
+
+
 def _load_proto(source: Any) -> tuple[onnx.ModelProto | None, str | None]:
     """(proto, path) from a path, bytes or proto; (None, None) for other sources."""
     if isinstance(source, onnx.ModelProto):
         return source, None
     if isinstance(source, (bytes, bytearray)):
-        return onnx.load_from_string(bytes(source)), None
+        return _parse_proto(bytes(source), f"the {len(source)} bytes given"), None
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"no ONNX model at {str(path)!r}")
-        return onnx.load(str(path)), str(path)
+        proto = _parse_proto(path.read_bytes(), f"the file {str(path)!r}")
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+            onnx.load_external_data_for_model(proto, str(path.parent))
+        return proto, str(path)
     raise TypeError(
         "a model must be an onnx_xai.Model, a path, bytes, an onnx.ModelProto or an "
         f"onnxruntime.InferenceSession; got {type(source).__name__}")
+
+
+# Model attributes that belong to one graph: never copied to a Model of a rewritten graph.
+_PER_GRAPH = frozenset({"_proto", "session", "inputs", "outputs", "_derived", "digest",
+                        "_largest_activation", "_gradient_models"})
 
 
 class Model:
@@ -182,9 +256,7 @@ class Model:
                  io_binding: bool | None = None) -> None:
         if isinstance(source, Model):
             source = source.proto if source.proto is not None else source.session
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-        self.threads = threads
+        self.threads = check_threads(threads)
         self.verbose = verbose
         self._derived: dict[tuple, Model] = {}
         if isinstance(source, ort.InferenceSession):
@@ -201,6 +273,10 @@ class Model:
         self.io_binding = (self.device == "gpu") if io_binding is None else bool(io_binding)
         self.inputs = [self._info(i) for i in self.session.get_inputs()]
         self.outputs = [self._info(o) for o in self.session.get_outputs()]
+        if not self.inputs or not self.outputs:
+            raise UnsupportedModelError(f"the model {self.path or ''} has no "
+                                        f"{'inputs' if not self.inputs else 'outputs'}: nothing to explain"
+                                        .replace("  ", " "))
         names = [i.name for i in self.inputs]
         if input_name is not None and input_name not in names:
             raise ValueError(f"input_name {input_name!r} is not an input of the model; inputs: {names}")
@@ -259,10 +335,7 @@ class Model:
         the CPU: ``threads``, or the usable cores when None; 1 on CUDA or with IO binding."""
         if self.device == "gpu" or self.io_binding:
             return 1
-        if self.threads is not None:
-            return self.threads
-        usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-        return max(1, len(usable))
+        return self.threads if self.threads is not None else usable_cores()
 
     def _new_session(self, proto: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
         """A session on this model's device with ``threads`` (default: ``self.threads``)
@@ -278,7 +351,10 @@ class Model:
         data = proto.SerializeToString() if proto.ByteSize() < 2**31 - 1 else None
         if data is None:
             raise OnnxXaiError("models over 2 GB with external data must be loaded from their path")
-        return ort.InferenceSession(data, options, providers=providers)
+        try:
+            return ort.InferenceSession(data, options, providers=providers)
+        except Exception as exc:  # ORT's own exception types are not importable everywhere
+            raise session_error(exc, proto) from None
 
     def layers(self, input_shape: Sequence[int] | None = None) -> list[graph.Layer]:
         """Candidate target layers (node, tensor, op type, shape), conv-like 4D/5D outputs first.
@@ -301,22 +377,28 @@ class Model:
         proto = self.require_proto("exposing intermediate tensors")
         tensors = tuple(graph.resolve_tensor(proto, n) for n in names)
         if tensors not in self._derived:
-            child = Model.__new__(Model)
-            child.__dict__.update(threads=self.threads, verbose=self.verbose, _derived={},
-                                  device=self.device, path=self.path, io_binding=self.io_binding,
-                                  input_name=self.input_name, _batch=self._batch)
-            child._proto = graph.expose_tensors(proto, list(tensors))
-            child.session = self._new_session(child._proto)
-            child.inputs = [self._info(i) for i in child.session.get_inputs()]
-            child.outputs = [self._info(o) for o in child.session.get_outputs()]
-            self._derived[tensors] = child
+            self._derived[tensors] = self.derive(graph.expose_tensors(proto, list(tensors)))
         return self._derived[tensors]
+
+    def derive(self, proto: onnx.ModelProto) -> "Model":
+        """A Model of ``proto`` (a rewrite of this model's graph) with this model's settings
+        and batch state (device, threads, explained input, fixed batch size, ...); memos and
+        cached properties tied to this graph are not carried over."""
+        child = Model.__new__(Model)
+        child.__dict__.update({k: v for k, v in self.__dict__.items() if k not in _PER_GRAPH})
+        child._derived = {}
+        child._proto = proto
+        child.session = self._new_session(proto)
+        child.inputs = [self._info(i) for i in child.session.get_inputs()]
+        child.outputs = [self._info(o) for o in child.session.get_outputs()]
+        return child
 
     # ----------------------------------------------------------------- checks
     def check_input(self, x: Any) -> np.ndarray:
-        """``x`` as an array of the explained input's dtype, or ``ValueError`` naming the shape."""
+        """``x`` as an array of the explained input's dtype, or ``ValueError`` naming the shape,
+        or (float inputs) the count and first index of NaN / infinite values (see ``finite``)."""
         info = self.input
-        x = np.asarray(x)
+        x = original = np.asarray(x)
         want = info.dtype
         kinds = {"f": "f", "i": "i", "u": "i", "b": "b"}
         if kinds.get(x.dtype.kind) != kinds.get(want.kind):
@@ -331,16 +413,32 @@ class Model:
                              f"got {tuple(x.shape)}{hint}")
         if x.shape[0] == 0:
             raise ValueError(f"input {info.name!r} got an empty batch")
+        if want.kind == "f" and not np.isfinite(x).all():
+            check_finite_input(x, f"input {info.name!r}" + (
+                f" (as {want.name})" if np.isfinite(np.asarray(original, np.float64)).all() else ""))
         return x
 
     def _check_outputs(self, outputs: str | Sequence[str] | None) -> list[str]:
         names = [self.outputs[0].name] if outputs is None else (
-            [outputs] if isinstance(outputs, str) else list(outputs))
+            [outputs] if isinstance(outputs, str) else list(dict.fromkeys(outputs)))
         unknown = [n for n in names if n not in self.output_names]
         if unknown:
             raise ValueError(f"unknown output(s) {unknown}; the model outputs {self.output_names} "
                              "(use Model.with_outputs to expose intermediate tensors)")
         return names
+
+    def check_class_output(self, name: str | None = None, shape: Sequence[int] | None = None) -> str:
+        """The output ``name`` (default: the first), checked to hold class scores ``(B, K, ...)``:
+        a ``(B,)`` output (one value per sample) or a scalar raises ``ValueError``. ``shape``:
+        the output's real shape where known (else the declared one is checked)."""
+        name = self._check_outputs(name)[0]
+        dims = tuple(shape) if shape is not None else next(o for o in self.outputs if o.name == name).shape
+        if len(dims) < 2 and (shape is not None or len(dims) == 1):
+            raise ValueError(
+                f"output {name!r} has shape ({', '.join(map(str, dims))}): one value per sample, not "
+                "class scores (B, K, ...); these methods explain a class score: export the model "
+                "with a (B, 1) output (e.g. unsqueeze the score) or name another output")
+        return name
 
     @property
     def optional_inputs(self) -> list[TensorInfo]:

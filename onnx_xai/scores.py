@@ -15,7 +15,7 @@ def activation(activate: Any) -> Callable[[np.ndarray], np.ndarray]:
     used as it is (it must return ``(B, K)``).
     """
     if activate is True:
-        return lambda y: softmax(y, axis=1) if y.shape[1] > 1 else sigmoid(y)
+        return lambda y: softmax(y, axis=1) if y.ndim > 1 and y.shape[1] > 1 else sigmoid(y)
     if activate is False:
         return lambda y: y
     if callable(activate):
@@ -25,6 +25,10 @@ def activation(activate: Any) -> Callable[[np.ndarray], np.ndarray]:
 
 def class_scores(raw: np.ndarray, activate: Callable[[np.ndarray], np.ndarray], n: int) -> np.ndarray:
     """Apply ``activate`` to a batch of ``n`` raw outputs; check the result is ``(n, K)`` float64."""
+    if raw.ndim < 2:
+        raise ValueError(f"the model output has shape {tuple(raw.shape)}: one value per sample, not "
+                         "class scores (B, K, ...); export the model with a (B, 1) output or pass "
+                         "activate= a callable that returns (B, K) scores")
     if raw.ndim > 2 and all(s == 1 for s in raw.shape[2:]):
         raw = raw.reshape(raw.shape[:2])
     scores = np.asarray(activate(raw), dtype=np.float64)

@@ -16,6 +16,7 @@ from .. import graph
 from ..autodiff import gradient_model
 from ..autodiff.passes import constant_values
 from ..errors import UnsupportedModelError
+from ..finite import check_finite_output
 from ..runtime import Model
 
 _POOLS = ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "AveragePool")
@@ -64,15 +65,28 @@ def _check_spatial(act: np.ndarray, layer: str) -> None:
                          "a layer with spatial extent (C, H, W[, D]) before global pooling")
 
 
+def _check_finite(logits: np.ndarray, output: str, act: np.ndarray, layer: str,
+                  grad: np.ndarray | None = None) -> None:
+    """``NonFiniteError`` naming the tensor when the logits, the activations or the gradients
+    of the unperturbed input hold a NaN or an infinity (a CAM of them would be all NaN)."""
+    check_finite_output(logits, f"output {output!r}")
+    check_finite_output(act, f"the activation of layer {layer!r}")
+    if grad is not None:
+        check_finite_output(grad, f"the gradient of output {output!r} w.r.t. layer {layer!r}")
+
+
 def forward_taps(model: Model, layer: str, x: np.ndarray, class_idx: Any = None,
                  batch_size: int = 8) -> Taps:
-    """Activations of ``layer`` and the logits, without gradients (one forward pass)."""
+    """Activations of ``layer`` and the logits, without gradients (one forward pass);
+    ``NonFiniteError`` when either is not finite."""
     tensor = graph.resolve_layer(model.require_proto("CAM"), layer)
     child = model.with_outputs([tensor])
     out = model.output_names[0]
     got = child.predict(x, outputs=[out, tensor], batch_size=batch_size, verbose=False)
     logits, act = got[out], got[tensor]
+    model.check_class_output(out, logits.shape)
     _check_spatial(act, layer)
+    _check_finite(logits, out, act, layer)
     idx = _argmax(logits) if class_idx is None else class_indices(class_idx, len(x), logits.shape[1])
     return Taps(act, None, logits, idx)
 
@@ -81,7 +95,8 @@ def gradient_taps(model: Model, layer: str, x: np.ndarray, class_idx: Any = None
                   batch_size: int = 8, output: str | None = None) -> Taps:
     """Activations of ``layer``, d(score)/d(activations) and the logits (of ``output``, default
     the first) from one run of the gradient model per batch. With ``class_idx`` None the
-    argmax class is picked inside the graph (no extra forward pass) for ``(N, K)`` outputs."""
+    argmax class is picked inside the graph (no extra forward pass) for ``(N, K)`` outputs.
+    ``NonFiniteError`` when the logits, activations or gradients are not finite."""
     n = x.shape[0]
     gm = gradient_model(model, [layer], output=output, batch_size=min(n, batch_size),
                         input_shape=x.shape[1:])
@@ -91,6 +106,7 @@ def gradient_taps(model: Model, layer: str, x: np.ndarray, class_idx: Any = None
     logits = res["outputs"][gm.output]
     act, grad = res["activations"][layer], res["gradients"][layer]
     _check_spatial(act, layer)
+    _check_finite(logits, gm.output, act, layer, grad)
     return Taps(act, grad, logits, _argmax(logits) if class_idx is None else class_idx)
 
 

@@ -15,6 +15,7 @@ gradient model. ``__call__`` upsamples the raw map to the input size and post-pr
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -23,6 +24,8 @@ from tqdm.auto import tqdm
 from .. import graph
 from ..engines.cam import (Taps, default_normalizer, default_upsampler, fc_weights,
                            forward_taps, gradient_taps, linear_resize, minmax_normalizer)
+from ..errors import NonFiniteError
+from ..finite import describe_nonfinite, warn_nonfinite
 from ..runtime import Model, ModelSource
 
 __all__ = ["CAM", "GradCAM", "GradCAMpp", "ScoreCAM", "LayerCAM", "XGradCAM", "HiResCAM",
@@ -65,7 +68,10 @@ class _CAMBase:
 
     def compute_map(self, x: np.ndarray, class_idx: Any = None, layer_idx: int = -1) -> np.ndarray:
         """Raw map ``(B, 1, *s)`` at the target layer's resolution for ``x`` ``(B, C, *spatial)``;
-        ``class_idx``: None (argmax per sample), an int, or B ints (one per sample)."""
+        ``class_idx``: None (argmax per sample), an int, or B ints (one per sample).
+
+        NaN / inf in ``x``: ``ValueError`` (count, first index); in the model's output, the
+        layer's activations or gradients on ``x``, or in the map: ``NonFiniteError``."""
         x = self.model.check_input(x)
         if x.ndim < 3:
             raise ValueError(f"x must be (B, C, *spatial), got shape {x.shape}")
@@ -74,7 +80,12 @@ class _CAMBase:
             raise ValueError(f"layer_idx {layer_idx!r} out of range for target_layers {self.target_layers}")
         layer = self.target_layers[layer_idx]
         run = gradient_taps if self.gradients else forward_taps
-        return self._map(run(self.model, layer, x, class_idx, batch_size=self.batch_size), x, layer)
+        raw = self._map(run(self.model, layer, x, class_idx, batch_size=self.batch_size), x, layer)
+        detail = describe_nonfinite(raw)  # the taps were finite (checked): the rule overflowed
+        if detail is not None:
+            raise NonFiniteError(f"{type(self).__name__}: the map of layer {layer!r} overflowed "
+                                 f"({detail}) although the activations and gradients are finite")
+        return raw
 
     def __call__(self, x: np.ndarray, class_idx: Any = None, layer_idx: int = -1) -> np.ndarray:
         """``postprocessing(upsampler(x spatial size)(compute_map(...)))`` → ``(B, 1, *spatial)``."""
@@ -139,18 +150,31 @@ class GradCAMpp(_CAMBase):
     MONAI's weights include ``exp(S)``; pytorch-grad-cam's GradCAM++ does not (and uses Σ A
     in α) — this class matches MONAI. Each sample uses its own ``exp(S_b)`` (MONAI matches
     this for one sample at a time; with B > 1 it broadcasts the B scores over the last axis).
-    Like MONAI's, maps scale with ``exp(S)`` and overflow float32 for logits above 88;
-    ``export_explainer``'s normalised graph leaves that per-sample factor out (it cancels).
+    ``exp(S)`` is a positive per-sample factor of the raw map. Where the raw map would pass
+    float32 (logits above about 88, summed dense scores), MONAI returns inf / NaN; here that
+    sample's factor is lowered to keep its largest value at ``exp(80)`` (a
+    ``RuntimeWarning`` says so): its raw map is MONAI's divided by a constant, and min-max
+    normalised maps (the default post-processing) are exactly MONAI's.
     """
+
+    LOG_LIMIT = 80.0  # largest log-value a raw map may reach (float32 overflows at 88.7)
 
     def _map(self, t: Taps, x: np.ndarray, layer: str) -> np.ndarray:
         g, a = t.gradients.astype(np.float64), t.activations.astype(np.float64)
         axes = _spatial(g)
         den = 2 * g ** 2 + (a * g ** 3).sum(axes, keepdims=True)
         alpha = g ** 2 / (np.where(den != 0.0, den, 1.0) + 1e-7)
-        gain = np.exp(t.scores).reshape((-1,) + (1,) * (g.ndim - 1))
-        w = (alpha * np.maximum(gain * g, 0.0)).sum(axes)
-        return _relu(_sum_channels(w, a))
+        base = np.maximum(_sum_channels((alpha * np.maximum(g, 0.0)).sum(axes), a), 0.0)  # / exp(S)
+        peak = base.reshape(len(base), -1).max(1)
+        log_peak = np.log(np.where(peak > 0, peak, 1.0))
+        log_gain = np.minimum(t.scores, self.LOG_LIMIT - log_peak)
+        lowered = np.flatnonzero(log_gain < t.scores)
+        if lowered.size:
+            warnings.warn(f"GradCAMpp: exp(S) overflows float32 for sample(s) {lowered.tolist()} "
+                          f"(score up to {t.scores[lowered].max():.4g}); their raw maps are scaled "
+                          "down by a constant (normalised maps are unchanged)", RuntimeWarning,
+                          stacklevel=3)
+        return (base * np.exp(log_gain).reshape((-1,) + (1,) * (base.ndim - 1))).astype(np.float32)
 
 
 class LayerCAM(_CAMBase):
@@ -207,7 +231,11 @@ class ScoreCAM(LayerCAM):
     1e-8)) and multiplied into the input; the class logits of these masked inputs, run in
     batches of ``batch_size``, softmaxed over channels, weight the channels:
     ``relu(Σ_k softmax(S(x ⊙ M_k))_k A_k)``. Channels with a constant activation mask the
-    input to zero and share one forward pass. Hot = 1 by default."""
+    input to zero and share one forward pass. Hot = 1 by default.
+
+    Channels whose masked input scores NaN / inf get weight 0 (the softmax runs over the
+    other channels), with a ``NonFiniteWarning`` giving their count; ``NonFiniteError`` when
+    no channel of a sample is finite."""
 
     gradients = False
 
@@ -224,6 +252,14 @@ class ScoreCAM(LayerCAM):
                   delay=1.0, leave=False) as bar:
             for i in range(n):
                 scores[i] = self._channel_scores(x[i], t.activations[i], t.class_idx[i], bar)
+        ok = np.isfinite(scores)
+        if not ok.any(1).all():
+            raise NonFiniteError(f"ScoreCAM: the model's output is not finite (NaN or inf) for "
+                                 f"every masked input of sample {int(np.argmin(ok.any(1)))} "
+                                 f"(layer {layer!r}); no map can be made")
+        warn_nonfinite("ScoreCAM", int((~ok).sum()), ok.size, "masked inputs (channels)",
+                       "those channels get weight 0", stacklevel=4)
+        scores = np.where(ok, scores, -np.inf)
         w = np.exp(scores - scores.max(1, keepdims=True))
         return _relu(_sum_channels(w / w.sum(1, keepdims=True), t.activations))
 

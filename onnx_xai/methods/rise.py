@@ -53,6 +53,10 @@ class RISE:
         """Saliency of ``x`` ``(B, C, *spatial)`` for class ``index`` (None: the top class of each item;
         an int; or a sequence of classes) → ``(B, n_index, *spatial)`` float32."""
         x = self.model.check_input(x)
+        if x.dtype.kind != "f":
+            raise ValueError(f"RISE multiplies the input by soft masks, which needs a floating-point "
+                             f"input; the model's input {self.model.input_name!r} is {x.dtype.name} "
+                             "(use OcclusionSensitivity, which replaces patches by a value)")
         spatial = x.shape[2:]
         if len(spatial) not in (2, 3):
             raise ValueError(f"RISE takes (B, C, H, W) or (B, C, H, W, D) inputs, got shape {x.shape}")

@@ -34,7 +34,7 @@ class VanillaGrad:
     def __init__(self, model: ModelSource, *, batch_size: int = 16, output: str | None = None) -> None:
         self.model = as_model(model)
         self.batch_size = check_int("batch_size", batch_size)
-        self.output = output
+        self.output = self.model.check_class_output(output)
 
     def _grads(self, x, n, make, index, extra, desc="gradients", verbose=False):
         return sample_gradients(self.model, x, n, make, index, guided=self.guided,
