@@ -1,18 +1,27 @@
 """The work behind ``onnx-xai explain / audit / demo``: inputs, per-input explanation, resumable runs.
 
 Every file goes through a temp file and ``os.replace``; an audit input is complete once its
-marker ``done.json`` (written last) exists, so a re-run skips it and a killed run leaves at
-most stale ``.*.tmp`` files, which the next run removes.
+marker ``done.json`` (written last) exists and names the input's path and content (size +
+SHA-256), so a re-run skips it only while the file is unchanged, and a killed run leaves at
+most stale ``.*.tmp`` files, which the next run removes. One run at a time writes an output
+folder (``.onnx-xai.lock``); worker processes die with the process that started them.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import ctypes
+import errno
 import hashlib
 import io
 import json
 import multiprocessing
 import os
 import re
+import secrets
+import signal
+import sys
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -30,10 +39,243 @@ from .runtime import Model
 from .scores import activation
 from .visualize import save_explanation
 from .visualize._io import atomic_write_bytes, encode_png
-from .visualize.colors import apply_colormap, normalize
+from .visualize.colorbar import add_colorbar
+from .visualize.colors import color_scale, normalize
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MARKER = "done.json"
+LOCK = ".onnx-xai.lock"
+
+
+# ---------------------------------------------------------------------- output paths
+class OutputError(ValueError):
+    """An output file or folder cannot be written (the CLI prints it as one line, exit 2)."""
+
+
+class OutputBusyError(OutputError):
+    """Another run holds the output folder's lock."""
+
+
+def cannot_write(path: str | os.PathLike, why: BaseException | str) -> OutputError:
+    """``OutputError("cannot write 'PATH': REASON")`` from an OSError (its strerror) or a text."""
+    if isinstance(why, OSError):
+        why = why.strerror or str(why)
+    return OutputError(f"cannot write {str(path)!r}: {why}")
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike):
+    """Turn an OSError raised while writing in the folder ``path`` into an ``OutputError``; so is
+    the ValueError of ``atomic_write_bytes`` once that folder is gone."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
+    except ValueError:
+        if not Path(path).is_dir():
+            raise cannot_write(path, "the folder no longer exists") from None
+        raise
+
+
+def write_file(path: str | os.PathLike, data: bytes) -> Path:
+    """``atomic_write_bytes`` whose OS errors are ``OutputError`` (one line, no traceback)."""
+    with writing(Path(path).parent):
+        return atomic_write_bytes(path, data)
+
+
+def _probe(folder: Path, target: Path) -> None:
+    """Create and remove a temp file in ``folder``: fails (naming ``target``) like the real writes would."""
+    probe = folder / f".onnx-xai-probe.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        raise cannot_write(target, exc) from None
+
+
+def _file_above(path: Path) -> Path | None:
+    """The first of ``path``'s ancestors that exists and is not a folder."""
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return None
+
+
+def prepare_output_folder(out: str | os.PathLike) -> Path:
+    """Create ``out`` (and its parents) and check that files can be written in it → the path;
+    ``OutputError`` (a ValueError) with one line saying why not."""
+    out = Path(out)
+    try:
+        if out.exists() and not out.is_dir():
+            raise cannot_write(out, "it is a file, not a folder")
+        above = _file_above(out)
+        if above is not None:
+            raise cannot_write(out, f"{str(above)!r} is a file, not a folder")
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise cannot_write(out, exc) from None
+    _probe(out, out)
+    return out
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """Check that the file ``path`` can be written (its folder exists and is writable; it is not
+    a folder) before the work that makes it → the path; ``OutputError`` otherwise."""
+    path = Path(path)
+    folder = path.parent
+    try:
+        if path.is_dir():
+            raise cannot_write(path, "it is a folder; give a file name")
+        above = _file_above(path)
+        if above is not None:
+            raise cannot_write(path, f"{str(above)!r} is a file, not a folder")
+        if not folder.is_dir():
+            raise cannot_write(path, f"the folder {str(folder)!r} does not exist; create it first")
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
+    _probe(folder, path)
+    return path
+
+
+class OutputLock:
+    """Exclusive lock on an output folder for one run: ``flock`` on ``FOLDER/.onnx-xai.lock``
+    (``msvcrt.locking`` on Windows; a lock file created with O_EXCL holding the owner's pid where
+    neither works). The OS drops it when the process dies, however it dies. A second run gets
+    ``OutputBusyError``. Use as a context manager."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK
+        self._fd: int | None = None
+        self._exclusive_file: Path | None = None
+
+    def _busy(self, pid: str) -> OutputBusyError:
+        who = f"another onnx-xai run (pid {pid})" if pid else "another onnx-xai run"
+        return OutputBusyError(f"{who} is writing {str(self.folder)!r}; wait for it to finish "
+                               f"or choose another --out")
+
+    def acquire(self) -> "OutputLock":
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise cannot_write(self.path, exc) from None
+        try:
+            locked = _os_lock(fd)
+            if locked is False:
+                raise self._busy(_read_pid(fd))
+            if locked is None:  # no OS lock here: a lock file of its own, O_EXCL
+                os.close(fd)
+                fd = None
+                self._exclusive_file = self._create_exclusive()
+                return self
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            if fd is not None:
+                os.close(fd)
+            raise cannot_write(self.path, exc) from None
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def _create_exclusive(self) -> Path:
+        path = self.path.with_name(LOCK + ".pid")
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                try:
+                    pid = path.read_text().strip()
+                except OSError:
+                    pid = ""
+                if pid.isdigit() and _alive(int(pid)):
+                    raise self._busy(pid) from None
+                path.unlink(missing_ok=True)  # its owner died: stale
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            return path
+        raise self._busy("")
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                _os_unlock(self._fd)
+            os.close(self._fd)
+            self._fd = None  # the file stays: unlinking a flock-ed file races with the next run
+        if self._exclusive_file is not None:
+            self._exclusive_file.unlink(missing_ok=True)
+            self._exclusive_file = None
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _os_lock(fd: int) -> bool | None:
+    """True: locked; False: another process holds it; None: no OS lock on this system / file system."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return False
+            return None  # e.g. ENOLCK / EOPNOTSUPP on some network file systems
+    try:
+        import msvcrt
+    except ImportError:
+        return None
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        return True
+    except OSError:
+        return False
+
+
+def _os_unlock(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:
+        import msvcrt
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _read_pid(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 32).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+    return text if text.isdigit() else ""
+
+
+def _alive(pid: int) -> bool:
+    if sys.platform == "win32":  # os.kill there terminates the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
 
 
 # ---------------------------------------------------------------------- configuration
@@ -99,6 +341,12 @@ def image_spec(model: Model, sidecar: dict, prep: dict) -> ImageSpec:
             kw["size"] = tuple(hw)
         if channels == 1 and "color" not in kw:
             kw["color"] = "gray"
+        for key in ("mean", "std"):
+            n = len(kw.get(key) or ())
+            if isinstance(channels, int) and n not in (0, 1, channels):
+                source = "--" + key if prep.get(key) is not None else f"the sidecar's {key!r}"
+                raise ValueError(f"{source} has {n} values but the model's input has {channels} "
+                                 f"channels: give {channels} values or one for all")
     return ImageSpec(**kw)
 
 
@@ -112,14 +360,28 @@ class Sample:
     display: np.ndarray  # (H, W, 3) uint8 for images, (*spatial) float for arrays
 
 
-def collect_inputs(paths: list[str]) -> list[Path]:
+def collect_inputs(paths: list[str], exclude: str | os.PathLike | None = None,
+                   skipped: list[Path] | None = None) -> list[Path]:
     """Files named, and the images / ``.npy`` files inside folders named (recursively, sorted);
-    ValueError when that finds none."""
+    ValueError when that finds none.
+
+    ``exclude``: the output folder. Files of it found inside a folder named are skipped (and
+    appended to ``skipped``), so that a run writing into its input folder never explains its own
+    overlays and maps: the whole folder when it lies inside an input folder; when it *is* an input
+    folder, only what ``audit`` (``inputs/<key>/``) and ``explain`` (``<key>_<method>.png|.npy``)
+    write there. Files named explicitly are always kept.
+    """
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
-                            and f.suffix.lower() in IMAGE_SUFFIXES + (".npy",))
+            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
+                           and f.suffix.lower() in IMAGE_SUFFIXES + (".npy",))
+            if exclude is not None:
+                drop = _output_files(found, p, Path(exclude))
+                found = [f for f in found if f not in drop]
+                if skipped is not None:
+                    skipped += [f for f in sorted(drop) if f not in skipped]
+            files += found
         elif p.is_file():
             files.append(p)
         else:
@@ -127,6 +389,35 @@ def collect_inputs(paths: list[str]) -> list[Path]:
     if not files:
         raise ValueError(f"no images or .npy files in {', '.join(map(str, paths))}")
     return list(dict.fromkeys(files))
+
+
+def _output_names() -> tuple[re.Pattern, re.Pattern]:
+    methods = "|".join(re.escape(m) for m in sorted([*cli_methods.METHODS, "embedded"], key=len, reverse=True))
+    suffixes = "|".join(s.lstrip(".") for s in IMAGE_SUFFIXES + (".npy",))
+    audit = re.compile(rf"^(input|{methods})\.(png|npy)$")
+    explain = re.compile(rf"_({suffixes})(_\d+)?_(input|{methods})\.(png|npy)$", re.IGNORECASE)
+    return audit, explain
+
+
+def _output_files(found: list[Path], folder: Path, out: Path) -> set[Path]:
+    """Those of ``found`` (files under ``folder``) that a run writing to ``out`` wrote."""
+    root, top = os.path.realpath(out), os.path.realpath(folder)
+    if not (root == top or root.startswith(top.rstrip(os.sep) + os.sep)):
+        return set()  # the output folder is not inside this input folder
+    audit, explain = _output_names()
+    drop = set()
+    for f in found:
+        real = os.path.realpath(f)
+        if not real.startswith(root.rstrip(os.sep) + os.sep):
+            continue
+        if root != top:  # the output folder lies inside the input folder: all of it
+            drop.add(f)
+            continue
+        parts = Path(os.path.relpath(real, root)).parts
+        if (len(parts) == 3 and parts[0] == "inputs" and audit.match(parts[2])) or \
+                (len(parts) == 1 and explain.search(parts[0])):
+            drop.add(f)
+    return drop
 
 
 def input_keys(files: list[Path]) -> list[str]:
@@ -208,18 +499,23 @@ def _tile(frames: list[np.ndarray], per_row: int = 4, margin: int = 2) -> np.nda
     return grid
 
 
-def volume_picture(volume: np.ndarray, map: np.ndarray | None = None, alpha: float = 0.5) -> np.ndarray:
-    """Slices along the last axis of ``(H, W, D)`` as a grid, the map (globally normalised) over them."""
+def volume_picture(volume: np.ndarray, map: np.ndarray | None = None, alpha: float = 0.5, *,
+                   signed: bool | str = "auto", percentile: float | None = None,
+                   colorbar: bool = True) -> np.ndarray:
+    """Slices along the last axis of ``(H, W, D)`` as a grid, the map over them on one colour
+    scale for the whole volume (min-max ``jet``, or centred on 0 in ``rdbu_r`` for a map with
+    both signs: see ``visualize.color_scale``), with its colour bar on the right."""
     vol = _rgb(volume.reshape(volume.shape[0], -1)).reshape(*volume.shape, 3)
-    heat = None if map is None else apply_colormap(normalize(map.reshape(map.shape[0], -1)), "jet",
-                                                   normalize_map=False).reshape(*map.shape, 3)
+    scale = None if map is None else color_scale(map, signed=signed, percentile=percentile)
+    heat = None if map is None else scale.colors(map.reshape(map.shape[0], -1)).reshape(*map.shape, 3)
     frames = []
     for d in _volume_slices(volume.shape[-1]):
         f = vol[:, :, d].astype(np.float32)
         if heat is not None:
             f = (1 - alpha) * f + alpha * heat[:, :, d]
         frames.append(cv2.resize(np.round(f).astype(np.uint8), (96, 96), interpolation=cv2.INTER_NEAREST))
-    return _tile(frames)
+    grid = _tile(frames)
+    return add_colorbar(grid, scale) if scale is not None and colorbar else grid
 
 
 def input_picture(sample: Sample) -> np.ndarray:
@@ -257,7 +553,7 @@ def _plain(obj: Any) -> Any:
 
 
 def write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, json.dumps(data, indent=2, default=_plain).encode())
+    write_file(path, json.dumps(data, indent=2, default=_plain).encode())
 
 
 # ---------------------------------------------------------------------- explaining
@@ -304,7 +600,7 @@ class Explainer:
             "target": {"index": target, "label": self.label(target), "score": float(probs[target])},
             "timings": {"predict_s": round(time.perf_counter() - t0, 4)}, "methods": {}}
         picture = dest / f"{prefix}input.png"
-        atomic_write_bytes(picture, encode_png(input_picture(sample)))
+        write_file(picture, encode_png(input_picture(sample)))
         record["picture"] = picture.name
         for name in self.config.methods:
             record["methods"][name] = self._method(name, sample, target, dest / f"{prefix}{name}", record)
@@ -328,7 +624,8 @@ class Explainer:
             out["timings"]["metrics_s"] = round(time.perf_counter() - t1, 4)
         meta = {"input": record["input"], "model": self.config.model, "method": name,
                 "prediction": record["prediction"], "target": record["target"], **out}
-        out["files"] = save_map(stem, sample, smap, meta)
+        with writing(stem.parent):
+            out["files"] = save_map(stem, sample, smap, meta)
         return out
 
 
@@ -344,22 +641,74 @@ def clean_temp_files(folder: Path) -> int:
 _WORKER: Explainer | None = None
 
 
-def _init_worker(config: Config) -> None:
+def _init_worker(config: Config, parent_pid: int | None = None) -> None:
+    """Load the model in this process; in a worker process (``parent_pid`` given), also arrange
+    to die with the parent, so that a killed ``onnx-xai audit`` leaves no worker computing."""
     global _WORKER
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     _WORKER = Explainer(config)
 
 
+def _die_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
+    """Linux: the kernel sends SIGKILL when the parent dies (``prctl(PR_SET_PDEATHSIG)``).
+    Everywhere: a daemon thread polls the parent (``os.getppid()`` changes when it dies; on
+    Windows the parent's multiprocessing sentinel) and ends the process with ``os._exit``."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    windows = sys.platform == "win32"
+    parent = multiprocessing.parent_process() if windows else None
+
+    def orphaned() -> bool:
+        if parent is not None:
+            return not parent.is_alive()
+        return os.getppid() != parent_pid
+
+    if orphaned():  # the parent died before the watch was set
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if orphaned():
+                os._exit(1)
+
+    if windows and parent is None:
+        return
+    threading.Thread(target=watch, name="onnx-xai-parent-watch", daemon=True).start()
+
+
+def fingerprint(path: Path) -> dict:
+    """``{"size", "sha256"}`` of a file's bytes: what an audit's marker is keyed on."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
 def _audit_one(path: str, dest: str, signature: str) -> dict:
-    """Explain one input into ``dest``, then write its marker; errors become a record."""
+    """Explain one input into ``dest``, then write its marker; errors become a record, but an
+    output that cannot be written (``OutputError``) stops the audit."""
     dest_path = Path(dest)
-    dest_path.mkdir(parents=True, exist_ok=True)
+    with writing(dest_path):
+        dest_path.mkdir(parents=True, exist_ok=True)
     try:
+        source = fingerprint(Path(path))
         record = _WORKER.explain(Path(path), dest_path)
+    except OutputError:
+        raise
     except Exception as exc:  # one bad input must not stop the audit
         record = {"input": path, "status": "error", "error": _one_line(exc)}
         if _WORKER.config.debug:
             record["traceback"] = traceback.format_exc()
         return record
+    record["source"] = source
     record["signature"] = signature
     write_json(dest_path / MARKER, record)  # last: the input is complete
     return record
@@ -373,26 +722,126 @@ def _one_line(exc: BaseException) -> str:
     return text if usual else f"{type(exc).__name__}: {text}".rstrip(": ")
 
 
+def _cached(marker: Path, path: Path, signature: str) -> dict | None:
+    """The marker's record if it is for this input path, content (size + SHA-256) and settings."""
+    try:
+        old = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(old, dict) or not isinstance(old.get("source"), dict):
+        return None
+    source = old["source"]
+    if old.get("signature") != signature or old.get("input") != str(path):
+        return None
+    try:
+        if path.stat().st_size != source.get("size") or fingerprint(path) != source:
+            return None
+    except OSError:
+        return None
+    return old
+
+
+# ---------------------------------------------------------------------- worker count
+def usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (``MemAvailable``, within the cgroup's limit), or None."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            pass
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 1 << 60:
+            room = max(int(limit) - usage, 0)
+            avail = room if avail is None else min(avail, room)
+        break
+    return avail
+
+
+def worker_memory(model_path: str | os.PathLike) -> int:
+    """Rough bytes one worker process needs: the interpreter and libraries, and the model's
+    weights several times over (session copies, perturbed batches, gradient graphs)."""
+    try:
+        size = os.path.getsize(model_path)
+    except OSError:
+        size = 0
+    return (256 << 20) + 8 * size
+
+
+def worker_count(requested: int, n_todo: int, model_path: str | os.PathLike) -> tuple[int, str | None]:
+    """``requested`` workers, capped by the inputs to do, ``2 × usable cores`` and the memory
+    available → (count, the note saying why it was capped, or None)."""
+    n, why = max(1, requested), []
+    if n > max(n_todo, 1):
+        n = max(n_todo, 1)
+        why.append(f"{n_todo} input{'s' if n_todo != 1 else ''} to do")
+    cores = usable_cores()
+    if n > 2 * cores:
+        n = 2 * cores
+        why.append(f"{cores} usable core{'s' if cores != 1 else ''}")
+    avail, need = available_memory(), worker_memory(model_path)
+    if avail is not None and n > max(1, int(0.8 * avail) // need):
+        n = max(1, int(0.8 * avail) // need)
+        why.append(f"about {need / 2**20:.0f} MiB per worker, {avail / 2**30:.1f} GiB available")
+    return n, (f"--workers {requested} capped to {n} ({'; '.join(why)})" if n < requested else None)
+
+
+# ---------------------------------------------------------------------- audit
 def run_audit(config: Config, files: list[Path], out: Path, *, workers: int = 1, resume: bool = True,
-              progress: bool = True, on_record: Callable[[dict], None] | None = None) -> list[dict]:
-    """Explain ``files`` into ``out/inputs/<key>/``; skip inputs whose marker matches → records in order."""
-    out.mkdir(parents=True, exist_ok=True)
-    clean_temp_files(out)
+              progress: bool = True, on_record: Callable[[dict], None] | None = None,
+              on_note: Callable[[str], None] | None = None, lock: bool = True) -> list[dict]:
+    """Explain ``files`` into ``out/inputs/<key>/``; skip inputs whose marker matches → records in order.
+
+    ``lock``: hold ``out``'s lock for the run (pass False when the caller holds it, e.g. across
+    the report too); a folder another run writes raises ``OutputBusyError``. ``on_note`` gets
+    one-line notes (``--workers`` capped). An output that cannot be written raises
+    ``OutputError`` after the inputs in flight; what was done stays done for the next run.
+    """
+    out = prepare_output_folder(out)
+    with OutputLock(out) if lock else contextlib.nullcontext():
+        return _run_audit(config, files, out, workers, resume, progress, on_record, on_note)
+
+
+def _run_audit(config: Config, files: list[Path], out: Path, workers: int, resume: bool, progress: bool,
+               on_record: Callable[[dict], None] | None, on_note: Callable[[str], None] | None) -> list[dict]:
+    with writing(out):
+        clean_temp_files(out)
     signature = config.signature()
     keys = input_keys(files)
     records: dict[int, dict] = {}
     todo = []
     for i, (f, key) in enumerate(zip(files, keys)):
-        marker = out / "inputs" / key / MARKER
-        if resume and marker.is_file():
-            try:
-                old = json.loads(marker.read_text())
-            except (OSError, json.JSONDecodeError):
-                old = {}
-            if old.get("signature") == signature and old.get("input") == str(f):
-                records[i] = dict(old, cached=True)
-                continue
-        todo.append(i)
+        old = _cached(out / "inputs" / key / MARKER, f, signature) if resume else None
+        if old is not None:
+            records[i] = dict(old, cached=True)
+        else:
+            todo.append(i)
+    if todo and workers > 1:
+        workers, note = worker_count(workers, len(todo), config.model)
+        if note and on_note:
+            on_note(note)
     bar = tqdm(total=len(files), initial=len(records), unit="input", desc="audit", disable=not progress)
 
     def done(i: int, record: dict) -> None:
@@ -409,13 +858,13 @@ def run_audit(config: Config, files: list[Path], out: Path, *, workers: int = 1,
                 done(i, _audit_one(str(files[i]), str(out / "inputs" / keys[i]), signature))
         else:
             pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                          initializer=_init_worker, initargs=(config,))
+                                          initializer=_init_worker, initargs=(config, os.getpid()))
             try:
                 futures = {pool.submit(_audit_one, str(files[i]), str(out / "inputs" / keys[i]), signature): i
                            for i in todo}
                 for fut in cf.as_completed(futures):
                     done(futures[fut], fut.result())
-            finally:  # on Ctrl-C, do not wait for the queued inputs
+            finally:  # on Ctrl-C or an unwritable output, do not wait for the queued inputs
                 pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()

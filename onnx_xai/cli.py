@@ -17,7 +17,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import assets, cli_methods, graph
-from .audit import Config, Explainer, _one_line, collect_inputs, input_keys, read_sidecar, run_audit
+from .audit import (Config, Explainer, OutputError, OutputLock, _one_line, check_output_file, collect_inputs,
+                    input_keys, prepare_output_folder, read_sidecar, run_audit, write_file)
 from .errors import OnnxXaiError
 from .report import write_report
 from .runtime import Model
@@ -101,9 +102,12 @@ def _check_model(args: argparse.Namespace, methods: list[str]) -> None:
         raise FileNotFoundError(f"no ONNX model at {str(args.model)!r}")
     if args.overlap is not None and not 0 <= args.overlap < 1:
         raise ValueError(f"--overlap must be in [0, 1), got {args.overlap}")
-    if args.layer and any(cli_methods.get(m).kind == "cam" for m in methods if m != "embedded"):
-        model = Model(args.model, device="cpu", verbose=False)
+    if methods == ["embedded"]:
+        return
+    model = Model(args.model, device="cpu", verbose=False)
+    if args.layer and any(cli_methods.get(m).kind == "cam" for m in methods):
         graph.resolve_layer(model.require_proto("resolving --layer"), args.layer)
+    cli_methods.check_options(methods, _config(args, methods, 0).options, model, read_sidecar(args.model))
 
 
 def _methods(args: argparse.Namespace, text: str | None) -> list[str]:
@@ -132,15 +136,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Explain each input with each method; files go to --out."""
     methods = _methods(args, args.method)
     _check_model(args, methods)
-    files = collect_inputs(args.inputs)
-    explainer = Explainer(_config(args, methods, args.metric_steps))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    files = _inputs(args.inputs, out, args.quiet)
+    explainer = Explainer(_config(args, methods, args.metric_steps))
+    prepare_output_folder(out)
     records = []
     for f, key in tqdm(list(zip(files, input_keys(files))), unit="input", desc="explain",
                        disable=args.quiet or len(files) == 1):
         try:
             rec = explainer.explain(f, out, prefix=f"{key}_")
+        except OutputError:  # the output, not the input: stop with one line
+            raise
         except Exception as exc:  # reported, the other inputs go on
             rec = {"input": str(f), "status": "error", "error": _one_line(exc)}
             if args.debug:
@@ -172,21 +178,37 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inputs(paths: list[str], out: Path, quiet: bool) -> list[Path]:
+    """``collect_inputs`` without the files of the output folder ``out`` (noted on stderr)."""
+    skipped: list[Path] = []
+    files = collect_inputs(paths, exclude=out, skipped=skipped)
+    if skipped and not quiet:
+        print(f"note: skipped {len(skipped)} file{'s' if len(skipped) != 1 else ''} of the output folder "
+              f"{str(out)!r} found among the inputs", file=sys.stderr)
+    return files
+
+
+def _note(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr)
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     """Explain every input of the folders, resumably, and write the report."""
     methods = _methods(args, args.methods)
     _check_model(args, methods)
-    files = collect_inputs(args.folders)
+    out = Path(args.out)
+    files = _inputs(args.folders, out, args.quiet)
     config = _config(args, methods, 0 if args.no_metrics else args.metric_steps)
     Explainer(config)  # fail early on a model or preprocessing problem
-    out = Path(args.out)
+    prepare_output_folder(out)
     t0 = time.perf_counter()
-    records = run_audit(config, files, out, workers=args.workers, resume=not args.fresh,
-                        progress=not args.quiet)
-    info = {"model": str(args.model), "inputs": ", ".join(args.folders),
-            "created": datetime.datetime.now().isoformat(timespec="seconds"),
-            "wall_s": round(time.perf_counter() - t0, 2)}
-    paths = write_report(out, records, methods, info)
+    with OutputLock(out):  # one run per output folder, held until the report is written
+        records = run_audit(config, files, out, workers=args.workers, resume=not args.fresh,
+                            progress=not args.quiet, on_note=None if args.quiet else _note, lock=False)
+        info = {"model": str(args.model), "inputs": ", ".join(args.folders),
+                "created": datetime.datetime.now().isoformat(timespec="seconds"),
+                "wall_s": round(time.perf_counter() - t0, 2)}
+        paths = write_report(out, records, methods, info)
     cached = sum(bool(r.get("cached")) for r in records)
     failed = sum(r.get("status") != "ok" for r in records)
     print(f"{len(records)} inputs ({cached} already done, {failed} failed); report: {paths['html']}")
@@ -242,21 +264,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Write an explaining model (outputs + ``saliency``) next to nothing else, atomically."""
     from .export import export_explainer
-    from .visualize._io import atomic_write_bytes
 
     if not Path(args.model).is_file():
         raise FileNotFoundError(f"no ONNX model at {str(args.model)!r}")
+    check_output_file(args.out)  # before the work: a bad -o is one line, at once
     proto = export_explainer(args.model, args.method, target_layers=args.layer,
                              class_idx=args.class_idx, upsample=not args.no_upsample,
                              normalize=not args.no_normalize)
-    path = atomic_write_bytes(args.out, proto.SerializeToString())
+    path = write_file(args.out, proto.SerializeToString())
     print(f"{path}: outputs {[o.name for o in proto.graph.output]}, method {args.method}")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """``cache info``: directory, entries, total size and cap; ``cache clear``: remove them."""
+    from .autodiff import cache
+
+    if args.action == "info":
+        i = cache.info()
+        print(f"directory: {i['directory']}")
+        print(f"entries:   {i['entries']}")
+        print(f"size:      {cache.format_size(i['size'])} ({i['size']} bytes)")
+        print(f"cap:       {cache.format_size(i['cap'])} ({i['cap']} bytes; ONNX_XAI_CACHE_SIZE)")
+        if i["temp_files"]:
+            print(f"temporary: {i['temp_files']} file(s) of running or killed writers")
+        return 0
+    r = cache.clear()
+    print(f"removed {r['entries']} entries ({cache.format_size(r['size'])}) from {cache.cache_dir()}")
+    if r["failed"]:
+        print(f"onnx-xai: error: could not remove {r['failed']} entries (read-only?)", file=sys.stderr)
+        return 1
     return 0
 
 
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onnx-xai", description="Explain ONNX models with ONNX Runtime.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"onnx-xai {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     available = ", ".join(cli_methods.available())
 
@@ -308,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--out", required=True, help="output .onnx file")
     export.add_argument("--debug", action="store_true", help="show tracebacks")
     export.set_defaults(func=cmd_export)
+
+    cache_p = sub.add_parser("cache", help="show or clear the disk cache of built gradient models")
+    cache_p.add_argument("action", choices=("info", "clear"),
+                         help="info: directory, entries, size, cap; clear: remove all entries")
+    cache_p.add_argument("--debug", action="store_true", help="show tracebacks")
+    cache_p.set_defaults(func=cmd_cache)
     return parser
 
 

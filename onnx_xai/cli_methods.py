@@ -35,8 +35,9 @@ class Method:
         return getattr(onnx_xai, self.attr, None) is not None
 
 
-_CAM = {"layer": "target_layers"}
-_GRAD = {"samples": "n_samples", "seed": "seed"}
+_CAM = {"layer": "target_layers", "batch": "batch_size"}
+_GRAD = {"batch": "batch_size"}
+_NOISY = dict(_GRAD, samples="n_samples", seed="seed")
 METHODS = {m.name: m for m in [
     Method("occlusion", "OcclusionSensitivity", "occlusion",
            "MONAI-style occlusion sensitivity (score drop when a window is hidden)",
@@ -49,17 +50,24 @@ METHODS = {m.name: m for m in [
     Method("gradcam", "GradCAM", "cam", "Grad-CAM on a convolutional layer", _CAM),
     Method("gradcampp", "GradCAMpp", "cam", "Grad-CAM++ (MONAI's weights)", _CAM),
     Method("cam", "CAM", "cam", "class activation map (fc weights on the last conv layer)", _CAM),
-    Method("scorecam", "ScoreCAM", "cam", "Score-CAM (gradient-free, masked forward passes)",
-           dict(_CAM, batch="n_batch")),
+    Method("scorecam", "ScoreCAM", "cam", "Score-CAM (gradient-free, masked forward passes)", _CAM),
     Method("layercam", "LayerCAM", "cam", "Layer-CAM", _CAM),
-    Method("vanilla", "VanillaGrad", "gradient", "input gradient (absolute, summed over channels)"),
-    Method("smoothgrad", "SmoothGrad", "gradient", "SmoothGrad", _GRAD, {"n_samples": 25}),
-    Method("guided", "GuidedBackpropGrad", "gradient", "guided backpropagation"),
+    Method("xgradcam", "XGradCAM", "cam", "XGrad-CAM", _CAM),
+    Method("hirescam", "HiResCAM", "cam", "HiResCAM (elementwise gradient x activation)", _CAM),
+    Method("eigencam", "EigenCAM", "cam", "EigenCAM (first principal component, class-agnostic)", _CAM),
+    Method("vanilla", "VanillaGrad", "gradient", "input gradient (absolute, summed over channels)", _GRAD),
+    Method("inputxgrad", "InputXGradient", "gradient", "input x gradient", _GRAD),
+    Method("smoothgrad", "SmoothGrad", "gradient", "SmoothGrad", _NOISY, {"n_samples": 25}),
+    Method("guided", "GuidedBackpropGrad", "gradient", "guided backpropagation", _GRAD),
+    Method("guided-smoothgrad", "GuidedBackpropSmoothGrad", "gradient", "SmoothGrad of guided backpropagation",
+           _NOISY, {"n_samples": 25}),
     Method("ig", "IntegratedGradients", "gradient", "integrated gradients (zero baseline)",
-           {"steps": "n_steps"}, {"n_steps": 50}),
+           {"steps": "n_steps", "seed": "seed", "batch": "internal_batch_size"}, {"n_steps": 50}),
     Method("rise", "RISE", "rise", "RISE (random masks weighted by the class score)",
            {"n_masks": "n_masks", "seed": "seed", "batch": "n_batch"}, {"n_masks": 1000, "seed": 0}),
 ]}
+# arguments the command line sets itself, never from --option
+_RESERVED = {"model", "net", "X", "channel_idx", "verbose"}
 
 
 def available() -> list[str]:
@@ -99,12 +107,63 @@ def default_layer(model: Model, sidecar: dict) -> str:
     return max(layers, key=lambda l: order.get(l.node, -1)).node
 
 
-def _accepted(fn: Callable, kwargs: dict) -> dict:
-    """The subset of ``kwargs`` that ``fn`` accepts (all of them when it takes ``**kwargs``)."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return kwargs
-    return {k: v for k, v in kwargs.items() if k in params}
+def parameters(method: Method) -> list[str]:
+    """The arguments of the method's class that ``--option`` may set."""
+    params = inspect.signature(getattr(onnx_xai, method.attr)).parameters
+    return [k for k in params if k not in _RESERVED]
+
+
+def method_arguments(name: str, options: dict) -> dict:
+    """The method's constructor arguments from the CLI ``options`` (flags by name, ``--option``
+    pairs under ``"extra"``): defaults, then flags, then ``--option``. An ``--option`` key the
+    method does not take raises ``ValueError`` listing those it does."""
+    method = get(name)
+    valid = parameters(method)
+    params = dict(method.defaults)
+    for opt, arg in method.options.items():
+        if options.get(opt) is not None:
+            params[arg] = options[opt]
+    extra = dict(options.get("extra") or {})
+    unknown = sorted(set(extra) - set(valid))
+    if unknown:
+        raise ValueError(f"--option {', '.join(unknown)}: not an argument of method {name!r} "
+                         f"({method.attr}); it takes: {', '.join(valid)}")
+    params.update(extra)
+    return params
+
+
+def check_options(names: list[str], options: dict, model: Model, sidecar: dict) -> None:
+    """Fail early (before any input is read) on ``--option`` keys no chosen method takes and
+    on values its class refuses: each method's class is built once from the options."""
+    for name in names:
+        if name == "embedded":
+            continue
+        method = get(name)
+        params = _constructor_arguments(method, method_arguments(name, options), model, sidecar)
+        if method.kind != "matlab":
+            _build(name, lambda: getattr(onnx_xai, method.attr)(model, **params), options)
+
+
+def _constructor_arguments(method: Method, params: dict, model: Model, sidecar: dict) -> dict:
+    """``params`` completed with what the command line decides itself (CAM layer and hot = 1)."""
+    if method.kind == "cam":  # hot = 1: MONAI's default normaliser would flip the map
+        params.setdefault("target_layers", default_layer(model, sidecar))
+        params.setdefault("postprocessing", minmax_normalizer)
+    if method.kind == "matlab":
+        params.setdefault("activation", "softmax")
+    return params
+
+
+def _build(name: str, build: Callable[[], Any], options: dict) -> Any:
+    """``build()``, with an error from a ``--option`` value named after the option."""
+    extra = options.get("extra") or {}
+    try:
+        return build()
+    except (ValueError, TypeError) as exc:
+        if not extra:
+            raise
+        given = ", ".join(f"{k}={v!r}" for k, v in extra.items())
+        raise ValueError(f"method {name!r} with --option {given}: {exc}") from None
 
 
 def _call_with_target(obj: Any, x: np.ndarray, target: int) -> Any:
@@ -131,21 +190,14 @@ def run(name: str, model: Model, x: np.ndarray, target: int, options: dict, side
         verbose: bool = False) -> tuple[np.ndarray, dict]:
     """Explain ``x`` ``(1, C, *spatial)`` for class ``target`` → (map over ``spatial``, parameters used)."""
     method = get(name)
-    params = dict(method.defaults)
-    for opt, arg in method.options.items():
-        if options.get(opt) is not None:
-            params[arg] = options[opt]
-    params.update(options.get("extra") or {})
+    params = _constructor_arguments(method, method_arguments(name, options), model, sidecar)
     cls = getattr(onnx_xai, method.attr)
     spatial = tuple(x.shape[2:])
-    if method.kind == "cam":  # hot = 1: MONAI's default normaliser would flip the map
-        params.setdefault("target_layers", default_layer(model, sidecar))
-        params.setdefault("postprocessing", minmax_normalizer)
+    run_params = dict(params, verbose=verbose) if "verbose" in inspect.signature(cls).parameters else params
     if method.kind == "matlab":
-        params.setdefault("activation", "softmax")
-        kwargs = _accepted(cls, dict(params, verbose=verbose))
-        return _to_map(cls(model, x[0], target, **kwargs), spatial), _recordable(params)
-    explainer = cls(model, **_accepted(cls, dict(params, verbose=verbose)))
+        result = _build(name, lambda: cls(model, x[0], target, **run_params), options)
+        return _to_map(result, spatial), _recordable(params)
+    explainer = _build(name, lambda: cls(model, **run_params), options)
     if method.kind == "occlusion":  # MONAI returns the occluded probability: turn it into a drop
         occ = np.asarray(explainer(x)[0], np.float32)[0, target]
         base = activation(True)(model.predict(x, verbose=False))[0, target]
@@ -159,8 +211,19 @@ def _recordable(params: dict) -> dict:
 
 
 def run_embedded(model: Model, x: np.ndarray, target: int) -> np.ndarray:
-    """Run an exported explainer (a model with a ``saliency`` output) → its map for ``x``."""
+    """Run an exported explainer (a model with a ``saliency`` output) → its map for ``x``,
+    higher = more important: a map whose metadata says ``onnx_xai.hot = "low"`` (MONAI's
+    flipped GradCAM / GradCAMpp / CAM normalisation) is turned round (``max + min - map``,
+    ``1 - map`` when normalised), as ``--method gradcam`` draws it."""
+    from .export import explainer_info
+
+    hot = explainer_info(model)["hot"]
     names = model.input_names + [i.name for i in model.optional_inputs]
     feeds = {"class_idx": np.array([target], np.int64)} if "class_idx" in names else None
     sal = model.predict(x, outputs=["saliency"], extra_inputs=feeds, verbose=False)["saliency"]
-    return _to_map(sal, tuple(x.shape[2:]))
+    smap = _to_map(sal, tuple(x.shape[2:]))
+    if hot == "low":
+        finite = smap[np.isfinite(smap)]
+        if finite.size:
+            smap = (finite.max() + finite.min() - smap).astype(np.float32)
+    return smap

@@ -1,0 +1,112 @@
+"""Every flag of ``onnx-xai explain`` reaches every method class that takes it; ``--option``
+keys a method does not take, and values it refuses, are bad arguments (exit 2) named in one
+line; ``--mean`` / ``--std`` must match the model's channels."""
+from __future__ import annotations
+
+import functools
+import inspect
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnx.numpy_helper as onh
+import pytest
+
+import onnx_xai
+from onnx_xai import cli_methods
+from onnx_xai.cli import main
+
+# flag value given on the command line, and the class arguments it may land in
+FLAGS = {"--batch": (3, ("n_batch", "batch_size", "mini_batch_size", "internal_batch_size")),
+         "--mask-size": (4, ("mask_size",)), "--overlap": (0.25, ("overlap",)),
+         "--stride": (2, ("stride",)), "--n-masks": (7, ("n_masks",)),
+         "--samples": (5, ("n_samples",)), "--steps": (6, ("n_steps",)), "--seed": (9, ("seed",))}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A small conv classifier ``(B, 3, 8, 8) → (B, 4)`` and one input array."""
+    rng = np.random.default_rng(0)
+    inits = [onh.from_array(rng.normal(size=(6, 3, 3, 3)).astype(np.float32), "W"),
+             onh.from_array(rng.normal(size=(4, 6)).astype(np.float32), "F")]
+    nodes = [oh.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             oh.make_node("Relu", ["c"], ["r"], name="relu"),
+             oh.make_node("GlobalAveragePool", ["r"], ["p"]), oh.make_node("Flatten", ["p"], ["f"]),
+             oh.make_node("Gemm", ["f", "F"], ["y"], transB=1, name="fc")]
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["B", 3, 8, 8])],
+                          [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["B", 4])], inits)
+    folder = tmp_path_factory.mktemp("cli_options")
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8), folder / "m.onnx")
+    np.save(folder / "x.npy", rng.normal(size=(3, 8, 8)).astype(np.float32))
+    return folder / "m.onnx", folder / "x.npy"
+
+
+def _recording(monkeypatch, attr: str) -> list[dict]:
+    """Replace ``onnx_xai.<attr>`` by a subclass / wrapper (same signature) recording its kwargs."""
+    calls: list[dict] = []
+    orig = getattr(onnx_xai, attr)
+    if inspect.isclass(orig):
+        def init(self, *args, **kwargs):
+            calls.append(kwargs)
+            orig.__init__(self, *args, **kwargs)
+        rec = type(attr, (orig,), {"__init__": init, "__signature__": inspect.signature(orig)})
+    else:
+        @functools.wraps(orig)
+        def rec(*args, **kwargs):
+            calls.append(kwargs)
+            return orig(*args, **kwargs)
+    monkeypatch.setattr(onnx_xai, attr, rec)
+    return calls
+
+
+@pytest.mark.parametrize("name", cli_methods.available())
+def test_every_flag_reaches_the_method(name, files, monkeypatch, tmp_path):
+    method = cli_methods.get(name)
+    calls = _recording(monkeypatch, method.attr)
+    args = [str(files[0]), str(files[1]), "--method", name, "--out", str(tmp_path), "--quiet"]
+    for flag, (value, _) in FLAGS.items():
+        args += [flag, str(value)]
+    assert main(["explain"] + args) == 0
+    assert calls, f"{method.attr} was never built"
+    takes = inspect.signature(getattr(onnx_xai, method.attr)).parameters
+    for flag, (value, targets) in FLAGS.items():
+        for arg in targets:
+            if arg in takes:
+                assert all(c.get(arg) == value for c in calls), f"{flag} did not reach {method.attr}({arg}=...)"
+    assert (tmp_path / "x_npy_" f"{name}.npy").is_file()
+
+
+@pytest.mark.parametrize("option,words", [
+    ("n_maskz=3", ["--option n_maskz", "n_masks", "cell_size", "p1"]),
+    ("seeed=1", ["--option seeed", "seed"]),
+    ("p1=notjson", ["--option p1='notjson'", "p1 must be"]),
+    ("p1=2", ["--option p1=2", "p1 must be"]),
+])
+def test_bad_options_are_bad_arguments(option, words, files, tmp_path, capsys):
+    code = main(["explain", str(files[0]), str(files[1]), "--method", "rise", "--option", option,
+                 "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    for w in words:
+        assert w in err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_option_keys_checked_for_every_method(files, tmp_path, capsys):
+    code = main(["explain", str(files[0]), str(files[1]), "--method", "occlusion,scorecam",
+                 "--option", "mode=gaussian", "--out", str(tmp_path), "--quiet"])
+    assert code == 2  # occlusion takes mode, ScoreCAM does not
+    assert "'scorecam'" in capsys.readouterr().err
+
+
+def test_mean_and_std_must_match_the_channels(files, tmp_path, capsys):
+    image = tmp_path / "im.png"
+    from onnx_xai.visualize import write_png
+    write_png(image, np.zeros((8, 8, 3), np.uint8))
+    for flag in ("--mean", "--std"):
+        code = main(["explain", str(files[0]), str(image), "--method", "occlusion", flag, "0.5,0.5",
+                     "--out", str(tmp_path / "out"), "--quiet"])
+        assert code == 2
+        assert f"{flag} has 2 values but the model's input has 3 channels" in capsys.readouterr().err
+    assert main(["explain", str(files[0]), str(image), "--method", "occlusion", "--mean", "0.5",
+                 "--mask-size", "4", "--out", str(tmp_path / "out"), "--quiet"]) == 0
