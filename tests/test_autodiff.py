@@ -450,7 +450,7 @@ def test_disk_cache_serves_a_second_process_without_rebuilding(tiny_cnn, rng, tm
     gradient_model(Model(data), batch_size=2, backend="portable").run(x, [1, 2])
 
 
-def test_concurrent_builders_leave_one_valid_file(tiny_cnn, tmp_path):
+def test_concurrent_builders_leave_one_valid_file(tiny_cnn, tmp_path, monkeypatch):
     path = tmp_path / "m.onnx"
     path.write_bytes(tiny_cnn[1])
     code = ("import sys; from onnx_xai import Model; from onnx_xai.autodiff import gradient_model\n"
@@ -458,8 +458,10 @@ def test_concurrent_builders_leave_one_valid_file(tiny_cnn, tmp_path):
     env = dict(__import__("os").environ, ONNX_XAI_CACHE=str(tmp_path / "shared"))
     procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], env=env) for _ in range(3)]
     assert all(p.wait(timeout=120) == 0 for p in procs)
-    files = list((tmp_path / "shared").iterdir())
-    assert len(files) == 1
+    files = list((tmp_path / "shared").glob("grad-*.onnx"))
+    assert len(files) == 1 and not list((tmp_path / "shared").glob(".*.tmp"))
+    monkeypatch.setenv("ONNX_XAI_CACHE", str(tmp_path / "shared"))
+    assert cache.load(files[0].stem[5:]) is not None  # checksum and key verify
     onnx.checker.check_model(onnx.load(str(files[0])))
 
 

@@ -380,6 +380,19 @@ def _prepare(model, proto, wrt, output, shapes):
     return static, sources, layers
 
 
+def _cached_spec(built: onnx.ModelProto, sources, layers, outputs) -> _Spec | None:
+    """The spec stored in a cached model, or None where it does not fit the request."""
+    try:
+        m = json.loads(next(p.value for p in built.metadata_props if p.key == _META))
+        grads, names = dict(m["grads"]), {o.name for o in built.graph.output}
+    except (StopIteration, ValueError, KeyError, TypeError):
+        return None
+    if set(grads) != set(sources.values()) or not set(grads.values()) <= names \
+            or not set(layers.values()) | set(outputs) <= names:
+        return None
+    return _Spec(sources, layers, tuple(outputs), grads, m.get("seed"))
+
+
 def _build(model, proto, wrt, output, shapes, backend, guided, use_cache) -> GradientModel:
     static, sources, layers = _prepare(model, proto, wrt, output, shapes)
     all_shapes = graph.tensor_shapes(static)
@@ -390,13 +403,14 @@ def _build(model, proto, wrt, output, shapes, backend, guided, use_cache) -> Gra
         digest = cache.key(model=model.digest, backend=backend, wrt=wrt, output=output,
                            shapes=sorted(shapes.items()), guided=guided)
         built = cache.load(digest)
-        if built is not None:
-            meta = next((p.value for p in built.metadata_props if p.key == _META), None)
-            if meta is not None:
-                m = json.loads(meta)
-                spec = _Spec(sources, layers, tuple(model.output_names), m["grads"], m["seed"])
-                return GradientModel(model, built, spec, shapes[model.input_name][0],
-                                     run_shapes, output, backend)
+        spec = None if built is None else _cached_spec(built, sources, layers, model.output_names)
+        if spec is not None:
+            return GradientModel(model, built, spec, shapes[model.input_name][0],
+                                 run_shapes, output, backend)
+        if built is not None:  # verified bytes, yet not a gradient model of these sources
+            cache.logger.warning("gradient cache: entry %s does not fit this request; rebuilding",
+                                 digest)
+            cache.remove(digest)
     srcs = list(sources.values())
     if backend == "portable":
         built, grads, seed = portable.build(static, srcs, SCORE, guided=guided)
