@@ -23,3 +23,6 @@ __all__ = [
 ]
 __all__ += ["export_explainer"]
 __version__ = "0.1.0"
+from .methods.lime import LIME, KernelSHAP
+from .matlab_lime import image_lime
+__all__ += ["LIME", "KernelSHAP", "image_lime"]
