@@ -1,5 +1,5 @@
 """onnx_xai: explain deployed ONNX models with ONNX Runtime alone."""
-from .errors import DeviceError, OnnxXaiError, UnsupportedModelError
+from .errors import DeviceError, NonFiniteError, NonFiniteWarning, OnnxXaiError, UnsupportedModelError
 from .runtime import Model, TensorInfo, cuda_status, sigmoid, softmax
 from . import assets, visualize
 from .methods.occlusion import OcclusionSensitivity
@@ -15,7 +15,7 @@ from .export import export_explainer
 
 __all__ = [
     "Model", "TensorInfo", "OcclusionSensitivity", "occlusion_sensitivity", "cuda_status", "softmax", "sigmoid",
-    "OnnxXaiError", "UnsupportedModelError", "DeviceError",
+    "OnnxXaiError", "UnsupportedModelError", "DeviceError", "NonFiniteError", "NonFiniteWarning",
     "RISE", "metrics", "synthetic",
     "VanillaGrad", "SmoothGrad", "GuidedBackpropGrad", "GuidedBackpropSmoothGrad",
     "IntegratedGradients", "InputXGradient", "SaliencyNet",

@@ -15,3 +15,15 @@ class UnsupportedModelError(OnnxXaiError):
 
 class DeviceError(OnnxXaiError):
     """The requested device cannot be used (e.g. ``device="gpu"`` without a working CUDA)."""
+
+
+class NonFiniteError(OnnxXaiError, ValueError):
+    """The model computed NaN or an infinity where a map needs a finite number: its output,
+    activations or gradients on the unperturbed input, or every perturbed copy (see
+    ``onnx_xai.finite``). Also a ``ValueError``: the input is usually what drives the model
+    out of range."""
+
+
+class NonFiniteWarning(RuntimeWarning):
+    """Some perturbed copies (occlusion windows, RISE masks, noisy samples, ...) gave NaN or
+    infinite scores; the map was made from the finite ones (the message says how many)."""

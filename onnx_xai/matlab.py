@@ -11,7 +11,8 @@ from typing import Callable, Sequence, Union
 import numpy as np
 
 from .engines.cam import gradient_taps, last_spatial_layer
-from .engines.occlusion import Occluder, occlusion_scores
+from .engines.occlusion import Occluder, fill_nearest, occlusion_scores
+from .finite import check_finite_array, check_finite_input, check_finite_output, finite_rows
 from .runtime import Model, ModelSource, sigmoid, softmax
 
 Size = Union[str, int, Sequence[int]]
@@ -61,6 +62,12 @@ def occlusion_sensitivity(net: ModelSource, X: np.ndarray, channel_idx: int | Se
     original score − occluded score, so positive values mark regions that support the
     channel.
 
+    Non-finite numbers (see ``onnx_xai.finite``): NaN / inf in ``X`` or ``mask_value`` is a
+    ``ValueError`` (X: count and first index, in X's own layout); a non-finite output on X
+    itself raises ``NonFiniteError``. Mask positions whose occluded copy scores NaN / inf
+    take the value of the nearest finite position of the grid (before upsampling), with a
+    ``NonFiniteWarning`` giving their count (``NonFiniteError`` if none is finite).
+
     Returns:
         ``(H, W)`` / ``(H, W, K)`` (``(T,)`` / ``(T, K)`` for sequences) float32 map; with
         ``output_upsampling="none"``, the grid of mask positions in place of ``(H, W)``.
@@ -93,12 +100,20 @@ def occlusion_sensitivity(net: ModelSource, X: np.ndarray, channel_idx: int | Se
 
     x1 = xcf[None]
     base = model.predict(to_model(x1) if to_model else x1, outputs=output)
+    check_finite_output(base, f"output {output!r}", "X")
     channels = _channels(channel_idx, base)
     score = lambda out: _total(_activate(out, activation), channels)  # noqa: E731
+    base_score = score(base)
+    check_finite_output(base_score, f"the score (activated output {output!r})", "X")
     occluded = occlusion_scores(model, x1, lo, hi, Occluder.constant(values), score, output=output,
                                 n_batch=int(mini_batch_size), verbose=verbose, to_model_layout=to_model,
-                                desc="occlusion_sensitivity")
-    change = (score(base) - occluded).astype(np.float32).reshape(grid + (len(channels),))
+                                desc="occlusion_sensitivity", check_unoccluded=False,
+                                nonfinite_rule="those mask positions take the value of the nearest "
+                                               "finite position")
+    change = (base_score - occluded).astype(np.float32).reshape(grid + (len(channels),))
+    ok = finite_rows(occluded).reshape(grid)
+    if not ok.all():  # the engine warned; the grid is filled from the nearest finite positions
+        change = np.moveaxis(fill_nearest(np.moveaxis(change, -1, 0), ~ok), 0, -1)
     if output_upsampling != "none":
         for axis, size in enumerate(spatial):
             change = _resize_axis(change, axis, size, output_upsampling)
@@ -134,7 +149,10 @@ def _observation(model: Model, X: np.ndarray) -> tuple[np.ndarray, bool]:
     X = np.asarray(X)
     if X.dtype.kind not in "fiub":
         raise ValueError(f"X must be a numeric array, got dtype {X.dtype}")
-    X = X.astype(np.float32, copy=False)
+    original, X = X, X.astype(np.float32, copy=False)
+    if not np.isfinite(X).all():
+        check_finite_input(X, "X" + ("" if original.dtype.kind == "f" and not np.isfinite(original).all()
+                                     else " (as float32)"))
     expected = model.input.shape[1:]
     if X.ndim != len(expected) or X.ndim < 2:
         raise ValueError(f"X must be one observation shaped like the network input "
@@ -173,7 +191,9 @@ def _mask_values(mask_value, xcf: np.ndarray) -> np.ndarray:
         if mask_value != "auto":
             raise ValueError(f"mask_value must be 'auto', a number or one per channel, got {mask_value!r}")
         return xcf.reshape(channels, -1).mean(axis=1, dtype=np.float64).astype(np.float32)
-    values = np.asarray(mask_value, np.float32).ravel()
+    values = check_finite_array("mask_value", mask_value).astype(np.float32).ravel()
+    if not np.isfinite(values).all():
+        raise ValueError(f"mask_value {mask_value!r} overflows float32")
     if values.size == 1:
         return np.full(channels, values[0], np.float32)
     if values.size != channels:

@@ -9,6 +9,12 @@
 - ``energy_in_box`` (Wang et al., Score-CAM 2020): share of the map's positive mass on the object.
 
 Maps are ``(B, 1, *spatial)`` (what the methods return); deletion / insertion also take ``(B, *spatial)``.
+
+Non-finite numbers (see ``onnx_xai.finite``): a map, input or numeric baseline holding NaN / inf
+is a ``ValueError`` (count, first index); a non-finite model output on the unperturbed input a
+``NonFiniteError``. Deletion / insertion steps whose perturbed input scores NaN / inf are
+interpolated linearly from the neighbouring finite steps (held constant past the last one) in
+``scores`` and the AUC, with a ``NonFiniteWarning`` giving their count.
 """
 from __future__ import annotations
 
@@ -19,6 +25,8 @@ import numpy as np
 import scipy.ndimage
 from tqdm.auto import tqdm
 
+from .errors import NonFiniteError
+from .finite import check_finite_array, check_finite_input, check_finite_output, check_number, warn_nonfinite
 from .runtime import Model, ModelSource
 from .scores import activation, check_index, class_scores
 
@@ -44,6 +52,7 @@ def auc(y: np.ndarray, x: np.ndarray | None = None) -> np.ndarray:
 def _flat_maps(saliency: Any, batch: int, n_pixels: int, what: str) -> np.ndarray:
     sal = np.asarray(saliency, dtype=np.float64)
     if sal.size == batch * n_pixels:
+        check_finite_input(sal, f"{what}: the saliency map")
         return sal.reshape(batch, n_pixels)
     raise ValueError(f"{what}: saliency of shape {sal.shape} does not hold one map of {n_pixels} "
                      f"pixels per item for {batch} item(s); pass (B, 1, *spatial) or (B, *spatial) "
@@ -57,7 +66,9 @@ def _baseline(x: np.ndarray, baseline: Any, sigma: float) -> np.ndarray:
         if baseline == "mean":
             return np.broadcast_to(x.mean(axis=tuple(range(2, x.ndim)), keepdims=True), x.shape)
         raise ValueError(f"baseline must be 'blur', 'mean', a number or an array, got {baseline!r}")
-    base = np.asarray(baseline, dtype=x.dtype)
+    base = check_finite_array("baseline", baseline).astype(x.dtype)
+    if not np.isfinite(base).all():
+        raise ValueError(f"baseline overflows {x.dtype.name}")
     try:
         return np.broadcast_to(base, x.shape)
     except ValueError:
@@ -79,8 +90,12 @@ def _curve(kind: str, model: ModelSource, x: Any, saliency: Any, index: Any, n_s
     n_pix = int(np.prod(x.shape[2:]))
     sal = _flat_maps(saliency, b, n_pix, kind)
     act = activation(activate)
+    blur_sigma = check_number("blur_sigma", blur_sigma, 0.0)
     base = _baseline(x, baseline, blur_sigma).reshape(b, c, n_pix)
-    scores_x = class_scores(model.predict(x, extra_inputs=extra_inputs, verbose=False), act, b)
+    raw = model.predict(x, extra_inputs=extra_inputs, verbose=False)
+    check_finite_output(raw, f"output {model.output_names[0]!r}")
+    scores_x = class_scores(raw, act, b)
+    check_finite_output(scores_x, f"the score (activated output {model.output_names[0]!r})")
     idx = check_index(index, scores_x.shape[1])
     if idx is not None and len(idx) not in (1, b):
         raise ValueError(f"index must be None, one class or one class per item ({b}), got {index!r}")
@@ -106,6 +121,16 @@ def _curve(kind: str, model: ModelSource, x: Any, saliency: Any, index: Any, n_s
                 out[i, lo:lo + len(k)] = class_scores(raw, act, len(k))[:, idx[i]]
                 bar.update(len(k))
     fractions = counts / n_pix
+    ok = np.isfinite(out)
+    if not ok.all():
+        for i in np.flatnonzero(~ok.all(1)):
+            if not ok[i].any():
+                raise NonFiniteError(f"{kind}: the model's output is not finite (NaN or inf) at "
+                                     f"every step of item {i}; no curve can be made")
+            out[i] = np.interp(fractions, fractions[ok[i]], out[i, ok[i]])
+        warn_nonfinite(kind, int((~ok).sum()), ok.size, "steps (perturbed inputs)",
+                       "their scores are interpolated from the neighbouring finite steps",
+                       stacklevel=4)
     return Curve(fractions, out, auc(out, fractions), np.asarray(idx))
 
 
@@ -145,6 +170,7 @@ def _maps_and_targets(saliency: Any, target: Any) -> tuple[np.ndarray, np.ndarra
     if sal.ndim not in (4, 5) or sal.shape[1] != 1:
         raise ValueError(f"saliency must be (B, 1, H, W) or (B, 1, H, W, D), got shape {sal.shape} "
                          "(one map: smap[None, None])")
+    check_finite_input(sal, "the saliency map")
     batch, spatial = sal.shape[0], sal.shape[2:]
     n_pix = int(np.prod(spatial))
     t = np.asarray(target)
@@ -176,8 +202,7 @@ def pointing_game(saliency: Any, target: Any, *, tolerance: float = 0.0) -> np.n
             (Zhang et al. use 15 at 224 × 224).
     """
     sal, tgt, spatial = _maps_and_targets(saliency, target)
-    if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0, got {tolerance!r}")
+    tolerance = check_number("tolerance", tolerance, 0.0)
     peak = np.argmax(sal, axis=1)
     hits = np.empty(len(sal), bool)
     for i, p in enumerate(peak):

@@ -404,7 +404,8 @@ class Model:
         if kinds.get(x.dtype.kind) != kinds.get(want.kind):
             raise ValueError(f"input {info.name!r} expects {info.describe()}, got dtype {x.dtype.name}"
                              f"{'; convert the image to float first' if want.kind == 'f' else ''}")
-        x = x.astype(want, copy=False)
+        with np.errstate(over="ignore"):  # an overflow is reported below, as non-finite
+            x = x.astype(want, copy=False)
         bad = x.ndim != len(info.shape) or any(
             isinstance(d, int) and d != s for d, s in zip(info.shape[1:], x.shape[1:]))
         if bad:

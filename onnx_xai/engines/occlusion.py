@@ -11,8 +11,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import scipy.ndimage
 from tqdm.auto import tqdm
 
+from ..errors import NonFiniteError
+from ..finite import check_finite_output, finite_rows, warn_nonfinite
 from ..kernels import occlusion as kern
 from ..runtime import Model
 
@@ -63,7 +66,8 @@ def occlusion_scores(model: Model, x: np.ndarray, lo: np.ndarray, hi: np.ndarray
                      output: str | None = None, n_batch: int = 16,
                      extra_inputs: dict | None = None, verbose: bool = True,
                      to_model_layout: Callable[[np.ndarray], np.ndarray] | None = None,
-                     desc: str = "occlusion") -> np.ndarray:
+                     desc: str = "occlusion", check_unoccluded: bool = True,
+                     nonfinite_rule: str = "the map is made from the other windows") -> np.ndarray:
     """Scores of the model on ``x`` occluded at every window.
 
     Args:
@@ -73,8 +77,14 @@ def occlusion_scores(model: Model, x: np.ndarray, lo: np.ndarray, hi: np.ndarray
         output: model output to score (default: the first).
         to_model_layout: applied to each channel-first batch before it is fed (for
             channel-last models); default: fed as it is.
+        check_unoccluded: also run ``x`` itself once: a non-finite output or score there
+            raises ``NonFiniteError`` naming the output (False: the caller checked it).
+        nonfinite_rule: how the caller makes its map without non-finite windows (the
+            ``NonFiniteWarning``'s text).
     Returns:
-        ``(n, K)`` float64 scores, one row per window.
+        ``(n, K)`` float64 scores, one row per window. Rows where the occluded copy scored
+        NaN or ±inf are kept as they are, with one ``NonFiniteWarning`` giving their count;
+        ``NonFiniteError`` when no window is finite.
     """
     output = output or model.output_names[0]
     extra = model.check_extra_inputs(extra_inputs)
@@ -82,7 +92,13 @@ def occlusion_scores(model: Model, x: np.ndarray, lo: np.ndarray, hi: np.ndarray
     x3 = np.ascontiguousarray(x[0]).reshape((channels,) + as_3d(spatial))
     lo3, hi3 = _pad_windows(np.asarray(lo), 0), _pad_windows(np.asarray(hi), 1)
     n = lo3.shape[0]
-    step = model.plan_batch(x if to_model_layout is None else to_model_layout(x), n_batch, extra)
+    x_fed = x if to_model_layout is None else to_model_layout(x)
+    step = model.plan_batch(x_fed, n_batch, extra)
+    if check_unoccluded:
+        raw = model.run_batch(np.ascontiguousarray(x_fed), [output], extra)[0]
+        check_finite_output(raw, f"output {output!r}", "the unoccluded input")
+        check_finite_output(score(raw), f"the score (activated output {output!r})",
+                            "the unoccluded input")
     buf = np.repeat(x3[None], min(step, n), axis=0)
     prev_lo = np.zeros((buf.shape[0], 3), np.int64)
     prev_hi = np.full((buf.shape[0], 3), -1, np.int64)
@@ -111,6 +127,12 @@ def occlusion_scores(model: Model, x: np.ndarray, lo: np.ndarray, hi: np.ndarray
                 scores = np.empty((n,) + got.shape[1:], np.float64)
             scores[win] = got
             bar.update(nb)
+    ok = finite_rows(scores)
+    if not ok.any():
+        raise NonFiniteError(f"{desc}: the model's output {output!r} is not finite (NaN or inf) "
+                             f"for every one of the {n} occluded copies; no map can be made "
+                             "(try another occlusion value or mode)")
+    warn_nonfinite(desc, int(n - ok.sum()), n, "occluded copies (windows)", nonfinite_rule)
     return scores
 
 
@@ -123,6 +145,11 @@ def _fill_with_callable(buf, x, x3, prev_lo, prev_hi, lo, hi, fn) -> None:
             buf[old] = x3[old[1:]]
         box = tuple(slice(lo[b, d], hi[b, d]) for d in range(3 - sd, 3))
         patch = np.asarray(fn(x, x[(slice(0, 1), slice(None)) + box].copy()))
+        if patch.dtype.kind not in "biuf":
+            raise ValueError(f"the occlusion callable must return a numeric patch, got dtype {patch.dtype}")
+        if not np.isfinite(patch).all():
+            raise ValueError("the occlusion callable returned a patch with non-finite values "
+                             f"(NaN or inf) for the window at {tuple(int(v) for v in lo[b])}")
         window = (b, slice(None)) + tuple(slice(lo[b, d], hi[b, d]) for d in range(3))
         try:
             buf[window] = patch.reshape(buf[window].shape)
@@ -141,15 +168,32 @@ def blend(scores: np.ndarray, lo: np.ndarray, weight: np.ndarray,
         ``weight`` ``(m0[, m1[, m2]])``; spatial: the map's spatial shape.
     Returns:
         ``(K, *spatial)`` float32: at each point, Σ weight·score / Σ weight over the windows
-        that cover it (every point must be covered).
+        that cover it (every point must be covered). Windows with a non-finite score are
+        left out; a point that only such windows cover takes the value of the nearest point
+        that finite windows cover (``fill_nearest``).
     """
     shape3 = as_3d(tuple(spatial))
-    lo3 = _pad_windows(np.asarray(lo), 0)
+    ok = finite_rows(scores)
+    scores, lo = np.asarray(scores)[ok], np.asarray(lo)[ok]
+    lo3 = _pad_windows(lo.reshape(len(lo), -1), 0)
     w3 = np.ascontiguousarray(weight, np.float32).reshape(as_3d(weight.shape))
     total = kern.window_weight_sum(np.array(shape3, np.int64), lo3, w3)
-    if np.any(total <= 0):
+    missing = total <= 0
+    if missing.any() and ok.all():
         raise ValueError("the windows do not cover every point of the map")
+    if missing.all():
+        raise NonFiniteError("no window with a finite score: no map can be made")
     out = np.empty((scores.shape[1],) + shape3, np.float32)
     kern.blend_windows(out, np.ascontiguousarray(scores, np.float32), lo3, w3,
-                       (1.0 / total).astype(np.float32))
+                       np.where(missing, 0.0, 1.0 / np.where(missing, 1.0, total)).astype(np.float32))
+    if missing.any():
+        out = fill_nearest(out, missing)
     return out.reshape((scores.shape[1],) + tuple(spatial))
+
+
+def fill_nearest(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """``values`` ``(K, *spatial)`` with the points where ``missing`` ``(*spatial)`` is True
+    replaced by the values at the nearest point (Euclidean, first in C order on ties) where
+    it is False. Some point must not be missing."""
+    idx = scipy.ndimage.distance_transform_edt(missing, return_distances=False, return_indices=True)
+    return values[(slice(None),) + tuple(idx)]

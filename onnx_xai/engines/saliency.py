@@ -15,6 +15,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..autodiff import gradient_model
+from ..errors import NonFiniteError
+from ..finite import check_finite_output, check_number, finite_rows, warn_nonfinite
 from ..runtime import Model
 
 #: Captum's integration rules (``captum.attr._utils.approximation_methods``).
@@ -33,9 +35,8 @@ def check_int(name: str, value: Any, minimum: int = 1) -> int:
 
 
 def check_float(name: str, value: Any, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not value >= minimum:
-        raise ValueError(f"{name} must be a number >= {minimum}, got {value!r}")
-    return float(value)
+    """A finite number >= ``minimum`` (NaN and ±inf rejected), see ``finite.check_number``."""
+    return check_number(name, value, minimum)
 
 
 def class_indices(index: Any, n: int) -> np.ndarray | None:
@@ -102,14 +103,26 @@ def sample_gradients(model: Model, x: np.ndarray, n_per_image: int,
                      index: np.ndarray | None = None, *, guided: bool = False,
                      batch_size: int = 16, output: str | None = None,
                      extra_inputs: dict[str, Any] | None = None, verbose: bool = False,
-                     desc: str = "gradients") -> Iterator[tuple[np.ndarray, np.ndarray, dict]]:
+                     desc: str = "gradients", nonfinite: str = "error",
+                     unit: str = "samples") -> Iterator[tuple[np.ndarray, np.ndarray, dict]]:
     """Input gradients at ``n_per_image`` samples of each image of ``x`` ``(N, ...)``.
 
     ``make(images, steps)`` returns the samples ``(m, ...)`` for image ``images[i]``, sample
     ``steps[i]`` (both ``(m,)`` ints). ``index``: ``(N,)`` class per image, or None for the
     argmax of each sample. Yields ``(images, steps, result)`` per batch, ``result`` as
-    ``GradientModel.run`` returns it (``result["gradients"][input]`` is ``(m, ...)``).
+    ``GradientModel.run`` returns it (``result["gradients"][input]`` is ``(m, ...)``) plus
+    ``result["finite"]`` ``(m,)`` bool: whether the sample's output and gradients are finite.
+
+    ``nonfinite`` — what a sample whose explained output or gradient holds NaN / inf does:
+    ``"error"`` (the samples are the unperturbed images): ``NonFiniteError`` naming the
+    output; ``"refuse"`` (perturbed samples the map cannot do without, e.g. path points):
+    ``NonFiniteError`` naming the image and ``unit``; ``"drop"`` (perturbed samples the map
+    can average without): its gradients are set to 0 and ``finite`` is False; once all are
+    run, one ``NonFiniteWarning`` gives the count, and an image none of whose samples is
+    finite raises ``NonFiniteError``.
     """
+    if nonfinite not in ("error", "refuse", "drop"):
+        raise ValueError(f"nonfinite must be 'error', 'refuse' or 'drop', got {nonfinite!r}")
     extra = model.check_extra_inputs(extra_inputs)
     n_images = x.shape[0]
     total = n_images * n_per_image
@@ -118,8 +131,9 @@ def sample_gradients(model: Model, x: np.ndarray, n_per_image: int,
                     if v.ndim == len(next(i for i in model.inputs if i.name == k).shape)}
     gm = gradient_model(model, output=output, batch_size=b, input_shape=x.shape[1:],
                         extra_shapes=extra_shapes or None, guided=guided)
-    unit = gm.workers * gm.batch_size  # a chunk keeps every worker busy to its end
-    b = min(total, -(-b // unit) * unit)
+    chunk = gm.workers * gm.batch_size  # a chunk keeps every worker busy to its end
+    b = min(total, -(-b // chunk) * chunk)
+    finite = np.zeros(n_images, np.int64)
     with tqdm(total=total, desc=desc, unit="sample", disable=not verbose, leave=False) as bar:
         for start in range(0, total, b):
             flat = np.arange(start, min(start + b, total))
@@ -127,5 +141,42 @@ def sample_gradients(model: Model, x: np.ndarray, n_per_image: int,
             samples = np.ascontiguousarray(make(images, steps), dtype=x.dtype)
             res = gm.run(samples, None if index is None else index[images],
                          extra_inputs=_extras_for(extra, model, n_images, images))
+            _check_samples(res, gm.output, images, steps, nonfinite, desc, unit, n_per_image)
+            np.add.at(finite, images, res["finite"])
             yield images, steps, res
             bar.update(len(flat))
+    if nonfinite == "drop":
+        if (finite == 0).any():
+            raise NonFiniteError(f"{desc}: the model's output {gm.output!r} or its gradient is not "
+                                 f"finite (NaN or inf) for every one of the {n_per_image} {unit} of "
+                                 f"image {int(np.argmin(finite))}; no map can be made")
+        warn_nonfinite(desc, int(total - finite.sum()), total, unit,
+                       "the map averages the finite ones", stacklevel=4)
+
+
+def _check_samples(res: dict, output: str, images: np.ndarray, steps: np.ndarray,
+                   nonfinite: str, desc: str, unit: str, n_per_image: int) -> None:
+    """Set ``res["finite"]``; apply the ``nonfinite`` rule of ``sample_gradients``."""
+    out = res["outputs"][output]
+    ok = finite_rows(out)
+    for g in res["gradients"].values():
+        ok &= finite_rows(g)
+    res["finite"] = ok
+    if ok.all():
+        return
+    first = int(np.argmin(ok))
+    if nonfinite == "error":
+        image = int(images[first])
+        check_finite_output(out[first], f"output {output!r}", f"image {image} of the input")
+        for wrt, g in res["gradients"].items():
+            check_finite_output(g[first], f"the gradient of output {output!r} w.r.t. {wrt!r}",
+                                f"image {image} of the input")
+    if nonfinite == "refuse":
+        image = int(images[first])
+        bad = steps[(images == image) & ~ok]
+        raise NonFiniteError(
+            f"{desc}: the model's output {output!r} or its gradient is not finite (NaN or inf) at "
+            f"{len(bad)} of the {n_per_image} {unit} of image {image} (indices {bad.tolist()[:10]}"
+            f"{', ...' if len(bad) > 10 else ''}): the map needs every one of them; no map can be made")
+    for g in res["gradients"].values():
+        g[~ok] = 0.0

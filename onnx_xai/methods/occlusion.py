@@ -12,6 +12,7 @@ import numpy as np
 from scipy.special import erf
 
 from ..engines.occlusion import Occluder, blend, occlusion_scores
+from ..finite import check_number
 from ..kernels.occlusion import argmax_first_axis
 from ..runtime import Model, ModelSource
 from ..scores import activation, class_scores
@@ -81,6 +82,14 @@ class OcclusionSensitivity:
         activate: True → softmax over classes when the model has more than one output
             channel, else sigmoid; False → raw outputs; or a callable on the ``(b, K)`` outputs.
 
+    Non-finite numbers (see ``onnx_xai.finite``): a NaN / inf in ``x`` raises ``ValueError``
+    (count and first index); a non-finite output on the unoccluded ``x`` (run once more for
+    this check) raises ``NonFiniteError``. Windows whose occluded copy scores NaN / inf are
+    left out of the blend with a ``NonFiniteWarning`` giving their count; points that only
+    such windows cover take the value of the nearest point that finite windows cover
+    (``NonFiniteError`` if no window is finite). A NaN / inf numeric ``mode`` or ``overlap``,
+    or a callable ``mode`` returning one, is a ``ValueError``.
+
     Differences from MONAI 1.6, on purpose:
         * ``activate=True`` follows MONAI's documentation (the *output's* channel count picks
           sigmoid or softmax); MONAI's code looks at the *input's* channel count instead.
@@ -98,10 +107,12 @@ class OcclusionSensitivity:
         if isinstance(mode, str) and mode not in ("gaussian", "mean_patch", "mean_img"):
             raise ValueError(f"mode must be 'gaussian', 'mean_patch', 'mean_img', a number or a "
                              f"callable, got {mode!r}")
-        if not (isinstance(mode, (str, int, float)) or callable(mode)) or isinstance(mode, bool):
+        if not (isinstance(mode, (str, int, float, np.number)) or callable(mode)) or isinstance(
+                mode, (bool, np.bool_)):
             raise ValueError(f"mode must be a string, a number or a callable, got {mode!r}")
-        if not 0 <= overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        if isinstance(mode, (int, float, np.number)):
+            check_number("mode (the occlusion value)", mode)
+        overlap = check_number("overlap", overlap, 0.0, 1.0, open_max=True)
         if not isinstance(n_batch, (int, np.integer)) or n_batch < 1:
             raise ValueError(f"n_batch must be a positive integer, got {n_batch!r}")
         self.model = model if isinstance(model, Model) else Model(model)
@@ -144,7 +155,9 @@ class OcclusionSensitivity:
             self.model, x, lo, lo + np.asarray(mask), self._occluder(x, mask),
             lambda out: class_scores(out, self._scores, len(out)),
             n_batch=self.n_batch, extra_inputs=extra_inputs, verbose=self.verbose,
-            desc="OcclusionSensitivity")
+            desc="OcclusionSensitivity",
+            nonfinite_rule="they are left out of the blend (points only they cover take the "
+                           "nearest covered point's value)")
         occ = blend(scores, starts, importance_map(mask, self.mode == "gaussian"), region)
         if b_box is not None:  # the analysed region covers the box: cut the box out of it
             occ = np.ascontiguousarray(occ[(slice(None),) + tuple(

@@ -6,6 +6,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..errors import NonFiniteError
+from ..finite import check_finite_output, check_number, finite_rows, warn_nonfinite
 from ..kernels import rise as kernel
 from ..runtime import Model, ModelSource
 from ..scores import activation, check_index, class_scores
@@ -32,6 +34,12 @@ class RISE:
         activate: True: softmax over classes (sigmoid for one class); False: raw outputs; or a
             callable ``(B, K) → (B, K)``.
         verbose: tqdm bar (None: the model's default).
+
+    Non-finite numbers (see ``onnx_xai.finite``): NaN / inf in ``x`` is a ``ValueError``
+    (count, first index), a non-finite output on ``x`` itself a ``NonFiniteError``. Masked
+    copies that score NaN / inf (for a class explained) are left out with a
+    ``NonFiniteWarning`` giving their count: the map is E[score · M] / E[M] over the finite
+    masks (``NonFiniteError`` when no mask of an item is finite).
     """
 
     def __init__(self, model: ModelSource, n_masks: int = 4000, cell_size: int | tuple[int, ...] = 7,
@@ -42,9 +50,7 @@ class RISE:
         self.n_batch = _positive_int("n_batch", n_batch)
         cells = cell_size if isinstance(cell_size, (tuple, list)) else (cell_size,)
         self.cell_size = tuple(_positive_int("cell_size", c) for c in cells)
-        if not 0.0 < float(p1) < 1.0:
-            raise ValueError(f"p1 must be in (0, 1), got {p1!r}")
-        self.p1 = float(p1)
+        self.p1 = check_number("p1", p1, 0.0, 1.0, open_min=True, open_max=True)
         self.seed = seed
         self.activate = activation(activate)
         self.verbose = verbose
@@ -62,13 +68,15 @@ class RISE:
             raise ValueError(f"RISE takes (B, C, H, W) or (B, C, H, W, D) inputs, got shape {x.shape}")
         if len(self.cell_size) not in (1, len(spatial)):
             raise ValueError(f"cell_size needs 1 or {len(spatial)} values, got {self.cell_size}")
-        base = class_scores(self.model.predict(x, extra_inputs=extra_inputs, verbose=False),
-                            self.activate, len(x))
+        raw = self.model.predict(x, extra_inputs=extra_inputs, verbose=False)
+        check_finite_output(raw, f"output {self.model.output_names[0]!r}")
+        base = class_scores(raw, self.activate, len(x))
+        check_finite_output(base, f"the score (activated output {self.model.output_names[0]!r})")
         classes = check_index(index, base.shape[1])
         nb = min(self.n_batch, self.n_masks)
         masks = kernel.MaskBatch(spatial, x.shape[1], tuple(np.broadcast_to(self.cell_size, len(spatial))),
                                  self.p1, nb)
-        result = []
+        result, dropped = [], 0
         show = self.model.verbose if self.verbose is None else self.verbose
         with tqdm(total=self.n_masks * len(x), unit="mask", desc="RISE", disable=not show,
                   delay=1.0, leave=False) as bar:
@@ -77,12 +85,23 @@ class RISE:
                 extra = _item(extra_inputs, item, len(x))
                 masks.reset(self.seed)  # every item sees the same masks
                 sal = np.zeros((len(cls), xi[0].size), np.float64)
+                finite = 0
                 for start in range(0, self.n_masks, nb):
                     n = min(nb, self.n_masks - start)
                     raw = self.model.predict(masks.fill(xi, n), extra_inputs=extra, verbose=False)
-                    masks.accumulate(class_scores(raw, self.activate, n)[:, cls], sal)
+                    weights = class_scores(raw, self.activate, n)[:, cls]
+                    ok = finite_rows(weights)
+                    finite += int(ok.sum())
+                    masks.accumulate(np.where(ok[:, None], weights, 0.0), sal)  # 0: left out
                     bar.update(n)
-                result.append(sal / (self.n_masks * self.p1))  # E[score · M] / E[M]
+                if finite == 0:
+                    raise NonFiniteError(f"RISE: the model's output is not finite (NaN or inf) for "
+                                         f"every one of the {self.n_masks} masked copies of item "
+                                         f"{item}; no map can be made")
+                dropped += self.n_masks - finite
+                result.append(sal / (finite * self.p1))  # E[score · M] / E[M] over finite masks
+        warn_nonfinite("RISE", dropped, self.n_masks * len(x), "masked copies",
+                       "the map averages the finite ones")
         return np.stack(result).reshape(len(x), -1, *spatial).astype(np.float32)
 
 

@@ -6,6 +6,15 @@ All take ``x`` ``(N, C, *spatial)`` (2D or 3D, any batch) and return an array sh
 ``x``. Scores are the model's raw output (logit) of the class; ``index`` is None (argmax),
 an int or one int per image. Noisy / interpolated samples of all images go through one
 gradient model in batches of ``batch_size``.
+
+Non-finite numbers (see ``onnx_xai.finite``): NaN / inf in ``x`` is a ``ValueError`` (count,
+first index); a non-finite output or gradient at ``x`` itself (VanillaGrad, guided backprop,
+InputXGradient; the output f(x) for SmoothGrad and IntegratedGradients) is a
+``NonFiniteError`` naming the output.
+SmoothGrad leaves out noisy samples whose output or gradient is not finite and averages the
+others, with a ``NonFiniteWarning`` giving their count; IntegratedGradients refuses
+(``NonFiniteError``) when any path point, or the baseline, is not finite. NaN / inf
+arguments (``stdev_spread``, a numeric ``baseline``) are a ``ValueError``.
 """
 from __future__ import annotations
 
@@ -15,6 +24,8 @@ import numpy as np
 
 from ..engines.saliency import (add_per_image, as_model, check_float, check_int,
                                 class_indices, ig_alphas_weights, sample_gradients)
+from ..errors import NonFiniteError
+from ..finite import check_finite_array, check_finite_output
 from ..runtime import ModelSource
 
 Baseline = Union[str, float, np.ndarray]
@@ -36,10 +47,12 @@ class VanillaGrad:
         self.batch_size = check_int("batch_size", batch_size)
         self.output = self.model.check_class_output(output)
 
-    def _grads(self, x, n, make, index, extra, desc="gradients", verbose=False):
+    def _grads(self, x, n, make, index, extra, desc="gradients", verbose=False, nonfinite="error",
+               unit="samples"):
         return sample_gradients(self.model, x, n, make, index, guided=self.guided,
                                 batch_size=self.batch_size, output=self.output,
-                                extra_inputs=extra, verbose=verbose, desc=desc)
+                                extra_inputs=extra, verbose=verbose, desc=desc,
+                                nonfinite=nonfinite, unit=unit)
 
     def __call__(self, x: np.ndarray, index: Any = None, **extra_inputs) -> np.ndarray:
         """``(N, C, *spatial)`` gradients of each image's class score (index None: argmax)."""
@@ -67,6 +80,10 @@ class SmoothGrad(VanillaGrad):
     float32) · σ``. Result: sqrt(Σ g²)/n_samples if ``magnitude`` (MONAI's formula; not the
     root mean square) else Σ g/n_samples. With ``index`` None each noisy sample's own
     argmax class is explained, as MONAI does.
+
+    Noisy samples whose output or gradient is NaN / inf are left out (the sums and the
+    ``n_samples`` divisor count the finite ones only), with a ``NonFiniteWarning``; a
+    non-finite output on ``x`` itself raises ``NonFiniteError`` (one extra forward pass).
     """
 
     def __init__(self, model: ModelSource, stdev_spread: float = 0.15, n_samples: int = 25,
@@ -89,14 +106,22 @@ class SmoothGrad(VanillaGrad):
             noise = rng.standard_normal((len(images),) + x.shape[1:], dtype=np.float32)
             return x[images] + noise * std[images].reshape((-1,) + (1,) * len(axes))
 
+        if not np.isfinite(std).all():
+            raise ValueError(f"stdev_spread · (max − min) of the image overflows {x.dtype.name}: "
+                             "rescale the input")
+        fx = self.model.predict(x, outputs=self.output, batch_size=self.batch_size,
+                                extra_inputs=extra_inputs, verbose=False)
+        check_finite_output(fx, f"output {self.output or self.model.output_names[0]!r}")
         total = np.zeros(x.shape, np.float64)
+        count = np.zeros(x.shape[0], np.int64)
         for images, _, res in self._grads(x, self.n_samples, noisy, idx, extra_inputs,
-                                          type(self).__name__, self.verbose):
-            g = res["gradients"][self.model.input_name].astype(np.float64)
+                                          type(self).__name__, self.verbose, "drop", "noisy samples"):
+            g = res["gradients"][self.model.input_name].astype(np.float64)  # 0 where not finite
             add_per_image(total, images, g * g if self.magnitude else g)
+            np.add.at(count, images, res["finite"])
         if self.magnitude:
             total = np.sqrt(total)
-        return (total / self.n_samples).astype(x.dtype)
+        return (total / count.reshape((-1,) + (1,) * len(axes))).astype(x.dtype)
 
 
 class GuidedBackpropSmoothGrad(SmoothGrad):
@@ -121,6 +146,11 @@ class IntegratedGradients(VanillaGrad):
             ``seed``, as FastEstimator); a number; or an array shaped like ``x`` or one sample.
         n_steps, method: Captum's (see ``engines.saliency.ig_alphas_weights``).
         internal_batch_size: most path points per gradient run.
+
+    A NaN / inf ``baseline`` is a ``ValueError``. Refused with ``NonFiniteError`` when the
+    model's output or gradient is not finite at ``x``, at any path point (the quadrature
+    needs them all; choose a baseline where the model is defined) or, for the convergence
+    delta, at the baseline.
     """
 
     def __init__(self, model: ModelSource, baseline: Baseline = "zeros", n_steps: int = 50,
@@ -129,6 +159,8 @@ class IntegratedGradients(VanillaGrad):
         super().__init__(model, batch_size=internal_batch_size, output=output)
         if isinstance(baseline, str) and baseline not in ("zeros", "uniform"):
             raise ValueError(f"baseline must be 'zeros', 'uniform', a number or an array, got {baseline!r}")
+        if not isinstance(baseline, str):
+            baseline = check_finite_array("baseline", baseline)
         self.n_steps = check_int("n_steps", n_steps)
         self.alphas, self.weights = ig_alphas_weights(self.n_steps, method)
         self.baseline, self.method, self.seed, self.verbose = baseline, method, seed, verbose
@@ -143,6 +175,8 @@ class IntegratedGradients(VanillaGrad):
             u = np.random.default_rng(self.seed).random(x.shape, dtype=np.float32)
             return (lo + u * (hi - lo)).astype(x.dtype)
         b = np.asarray(self.baseline, x.dtype)
+        if not np.isfinite(b).all():
+            raise ValueError(f"baseline overflows {x.dtype.name}")
         try:
             return np.ascontiguousarray(np.broadcast_to(b, x.shape))
         except ValueError:
@@ -155,9 +189,9 @@ class IntegratedGradients(VanillaGrad):
         ``(N,)`` delta = Σ attributions − (f(x) − f(baseline)) for the explained class."""
         x = self.model.check_input(x)
         idx = class_indices(index, x.shape[0])
-        if idx is None or return_convergence_delta:
-            fx = self._scores(x, extra_inputs)
-            idx = fx.argmax(1) if idx is None else idx
+        fx = self._scores(x, extra_inputs)  # f(x): the class, the delta, and checked finite
+        check_finite_output(fx, f"output {self.output or self.model.output_names[0]!r}")
+        idx = fx.argmax(1) if idx is None else idx
         base = self.baselines(x)
         diff = x - base
         alphas = self.alphas.astype(x.dtype)
@@ -167,14 +201,19 @@ class IntegratedGradients(VanillaGrad):
 
         total = np.zeros(x.shape, np.float64)
         for images, steps, res in self._grads(x, self.n_steps, path, idx, extra_inputs,
-                                              "IntegratedGradients", self.verbose):
+                                              "IntegratedGradients", self.verbose, "refuse",
+                                              "path points"):
             g = res["gradients"][self.model.input_name].astype(np.float64)
             add_per_image(total, images, g * self.weights[steps].reshape((-1,) + (1,) * (x.ndim - 1)))
         attr = (total * diff).astype(x.dtype)
         if not return_convergence_delta:
             return attr
         rows = np.arange(x.shape[0])
-        gap = fx[rows, idx] - self._scores(base, extra_inputs)[rows, idx]
+        fb = self._scores(base, extra_inputs)
+        if not np.isfinite(fb[rows, idx]).all():
+            raise NonFiniteError("IntegratedGradients: the model's output is not finite (NaN or "
+                                 "inf) at the baseline: the convergence delta cannot be computed")
+        gap = fx[rows, idx] - fb[rows, idx]
         return attr, attr.reshape(len(x), -1).sum(1, dtype=np.float64) - gap
 
     def _scores(self, x, extra):

@@ -6,6 +6,12 @@ or, when that key is absent or empty, the argmax of the clean prediction. Result
 batch's entries, each model output reduced to its argmax ``(B,)`` and, per saliency key, a
 greyscale mask ``(B, 1, *spatial)``: Σ_c |g| rescaled so that the minimum is 0 and the 99th
 percentile 1 (clipped to [0, 1]).
+
+Non-finite numbers (see ``onnx_xai.finite``): NaN / inf in the explained input is a
+``ValueError``; a non-finite output or gradient on the clean batch a ``NonFiniteError``.
+Smoothed masks leave out noisy samples whose output or gradient is not finite (a
+``NonFiniteWarning`` gives their count) and average the others; integrated masks refuse
+(``NonFiniteError``) when any path point is not finite.
 """
 from __future__ import annotations
 
@@ -81,20 +87,26 @@ class SaliencyNet:
                 targets[out] = np.broadcast_to(t, (len(x),)).astype(np.int64)
         return x, extra, targets
 
-    def _grads(self, x, n, make, targets, extra):
-        """{saliency key: Σ over the n samples of each image of (gradient, squared)}, outputs."""
-        sums, squares, outs = {}, {}, {}
+    def _grads(self, x, n, make, targets, extra, nonfinite="error"):
+        """{saliency key: Σ over the n samples of each image of (gradient, squared)}, outputs,
+        {saliency key: (N,) count of finite samples} (``nonfinite``: see ``sample_gradients``)."""
+        sums, squares, outs, counts = {}, {}, {}, {}
         for out, key in zip(self.model_outputs, self.outputs):
             s, q = np.zeros(x.shape, np.float64), np.zeros(x.shape, np.float64)
+            c = np.zeros(x.shape[0], np.int64)
             for images, steps, res in sample_gradients(
                     self.model, x, n, make, targets.get(out), batch_size=self.batch_size,
-                    output=out, extra_inputs=extra):
+                    output=out, extra_inputs=extra, desc="SaliencyNet", nonfinite=nonfinite,
+                    unit="noisy samples"):
                 g = res["gradients"][self.model_input].astype(np.float64)
                 add_per_image(s, images, g)
                 add_per_image(q, images, g * g)
+                np.add.at(c, images, res["finite"])
                 outs.setdefault(out, {}).update({int(i): res["outputs"][out][j]
                                                  for j, i in enumerate(images) if steps[j] == 0})
-            sums[key], squares[key] = s, q
+            sums[key], squares[key], counts[key] = s, q, c
+        if nonfinite == "drop":
+            return sums, squares, outs, counts
         return sums, squares, outs
 
     def _clean(self, batch):
@@ -122,7 +134,8 @@ class SaliencyNet:
             acc = np.zeros((n_baselines,) + x.shape, np.float64)
             for images, steps, res in sample_gradients(
                     self.model, x, n_baselines * nsamples, path, targets[out_name],
-                    batch_size=self.batch_size, output=out_name, extra_inputs=extra):
+                    batch_size=self.batch_size, output=out_name, extra_inputs=extra,
+                    desc="SaliencyNet", nonfinite="refuse", unit="path points"):
                 np.add.at(acc, (steps // nsamples, images), res["gradients"][self.model_input])
             out[key] = acc * diff
         return out
@@ -148,21 +161,27 @@ class SaliencyNet:
             nintegration = check_int("nintegration", nintegration, 2)
         x, extra, targets, clean, preds = self._clean(batch)
         total = {k: g * g if magnitude else g for k, g in clean.items()}
+        count = {k: np.full(x.shape[0], nsamples, np.int64) for k in total}
         if nsamples > 1:
             if nintegration:
                 for k, m in self._integrated(x, extra, targets, nsamples - 1, nintegration).items():
                     total[k] += (m * m if magnitude else m).sum(0)
             else:
-                std = np.float32(stdev_spread * (x.max() - x.min()))
+                std = np.float32(stdev_spread * (float(x.max()) - float(x.min())))
+                if not np.isfinite(std):
+                    raise ValueError("stdev_spread · (max − min) of the batch overflows float32: "
+                                     "rescale the input")
 
                 def noisy(images, _):
                     return x[images] + std * self.rng.standard_normal(
                         (len(images),) + x.shape[1:], dtype=np.float32)
 
-                sums, squares, _ = self._grads(x, nsamples - 1, noisy, targets, extra)
+                sums, squares, _, finite = self._grads(x, nsamples - 1, noisy, targets, extra, "drop")
                 for k in total:
                     total[k] += squares[k] if magnitude else sums[k]
-        return self._result(batch, preds, {k: v / nsamples for k, v in total.items()})
+                    count[k] = 1 + finite[k]
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        return self._result(batch, preds, {k: v / count[k].reshape(shape) for k, v in total.items()})
 
     def get_integrated_masks(self, batch: dict[str, Any], nsamples: int = 25) -> dict[str, Any]:
         """Integrated-gradient masks from one random-uniform baseline per batch entry
