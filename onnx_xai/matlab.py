@@ -149,6 +149,10 @@ def _observation(model: Model, X: np.ndarray) -> tuple[np.ndarray, bool]:
     X = np.asarray(X)
     if X.dtype.kind not in "fiub":
         raise ValueError(f"X must be a numeric array, got dtype {X.dtype}")
+    if model.input.dtype.kind != "f":
+        raise ValueError(f"occlusion_sensitivity feeds float32 observations (as MATLAB's single); "
+                         f"the model's input {model.input_name!r} is {model.input.dtype.name} "
+                         "(use OcclusionSensitivity, which keeps the input's dtype)")
     original, X = X, X.astype(np.float32, copy=False)
     if not np.isfinite(X).all():
         check_finite_input(X, "X" + ("" if original.dtype.kind == "f" and not np.isfinite(original).all()

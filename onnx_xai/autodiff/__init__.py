@@ -315,7 +315,7 @@ def gradient_model(model, wrt: str | Sequence[str] | None = None, *, output: str
     wrt = [model.input_name] if wrt is None else [wrt] if isinstance(wrt, str) else list(wrt)
     if not wrt or len(set(wrt)) != len(wrt) or not all(isinstance(w, str) for w in wrt):
         raise ValueError(f"wrt must be distinct names of the input and/or layers, got {wrt!r}")
-    output = model._check_outputs(output)[0]
+    output = model.check_class_output(output)
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     backend = _backend(backend)
