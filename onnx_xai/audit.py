@@ -39,7 +39,7 @@ from .runtime import Model
 from .scores import activation
 from .visualize import save_explanation
 from .visualize._io import atomic_write_bytes, encode_png
-from .visualize.colorbar import add_colorbar
+from .visualize.colorbars import add_colorbar
 from .visualize.colors import color_scale, normalize
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")

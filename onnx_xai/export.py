@@ -24,13 +24,17 @@ from .engines.cam import fc_weights, last_spatial_layer
 from .errors import UnsupportedModelError
 from .runtime import Model
 
-__all__ = ["export_explainer", "EXPORT_METHODS"]
+__all__ = ["export_explainer", "explainer_info", "EXPORT_METHODS"]
 
 _CAM_GRAD = ("gradcam", "gradcampp", "layercam", "xgradcam", "hirescam")
 EXPORT_METHODS = _CAM_GRAD + ("cam", "vanilla", "inputxgrad")
 _FLIPPED = ("gradcam", "gradcampp", "cam")  # MONAI's default_normalizer: (min, max) → (1, 0)
 CLASS_IDX, SALIENCY = "class_idx", "saliency"
 _META = "onnx_xai.explainer"
+# metadata_props of an exported explainer, readable by any ONNX tool (and by ORT's
+# ``session.get_modelmeta().custom_metadata_map``): the method, and which end of the
+# ``saliency`` map is the important one ("high", or "low" for MONAI's flipped normaliser)
+META_METHOD, META_HOT = "onnx_xai.method", "onnx_xai.hot"
 
 
 class _Builder:
@@ -236,6 +240,9 @@ def export_explainer(model: Any, method: str = "gradcam", target_layers: str | S
         ``onnx.ModelProto``; inputs: the model's, plus ``class_idx`` int64 ``(B,)`` or ``(1,)``
         (optional, default [-1]; a negative entry means the argmax class); outputs: the
         model's, plus ``saliency`` float32 ``(B, 1, *spatial)`` (CAM) or input-shaped.
+        ``metadata_props`` say which way the map reads: ``onnx_xai.method`` and
+        ``onnx_xai.hot`` (``"low"`` for the flipped GradCAM / GradCAMpp / CAM normalisation,
+        else ``"high"``); :func:`explainer_info` reads them, ``onnx-xai explain`` honours them.
     """
     if method not in EXPORT_METHODS:
         raise ValueError(f"method must be one of {EXPORT_METHODS}, got {method!r}")
@@ -342,12 +349,46 @@ def _finish(m, proto, shapes, core, method, act, grad, weights, output, per_samp
     del g.value_info[:]
     out = passes.name_nodes(passes.dead_nodes(out))
     out.ir_version = max(proto.ir_version, 4)  # inputs with initializers are optional from IR 4
+    hot = "low" if normalize and method in _FLIPPED else "high"
     meta = {"method": method, "layer": layer, "output": output, "upsample": bool(upsample),
             "normalize": bool(normalize), "input_shape": list(per_sample),
-            "batch": "dynamic" if fixed is None else int(fixed)}
+            "batch": "dynamic" if fixed is None else int(fixed), "hot": hot}
     helper.set_model_props(out, {**{p.key: p.value for p in proto.metadata_props},
-                                 _META: json.dumps(meta)})
+                                 _META: json.dumps(meta), META_METHOD: method, META_HOT: hot})
     return out
+
+
+def explainer_info(model: Any) -> dict:
+    """What an exported explainer's metadata says about its ``saliency`` output.
+
+    ``model``: a ``Model``, path, bytes, ``onnx.ModelProto`` or ``InferenceSession``.
+    Returns ``{"method": str | None, "hot": "high" | "low", ...}`` (plus the export's
+    settings when present). ``hot="low"`` means the most important regions have the
+    *lowest* values (GradCAM, GradCAMpp and CAM normalised as MONAI's classes do, (min, max)
+    → (1, 0)); draw ``max + min - saliency`` (for a normalised map: ``1 - saliency``) so
+    that high = important. A model without this metadata (not made by ``export_explainer``)
+    gets ``{"method": None, "hot": "high"}``.
+    """
+    if isinstance(model, Model):
+        props = dict(model.session.get_modelmeta().custom_metadata_map)
+    elif hasattr(model, "get_modelmeta"):  # an onnxruntime.InferenceSession
+        props = dict(model.get_modelmeta().custom_metadata_map)
+    else:
+        proto = model if isinstance(model, onnx.ModelProto) else (
+            onnx.load_from_string(bytes(model)) if isinstance(model, (bytes, bytearray)) else onnx.load(str(model)))
+        props = {p.key: p.value for p in proto.metadata_props}
+    try:
+        info = json.loads(props.get(_META, "{}"))
+    except json.JSONDecodeError:
+        info = {}
+    info = info if isinstance(info, dict) else {}
+    info["method"] = props.get(META_METHOD, info.get("method"))
+    older = "low" if info.get("method") in _FLIPPED and info.get("normalize") else "high"  # exports before "hot"
+    hot = props.get(META_HOT, info.get("hot", older))
+    if hot not in ("high", "low"):
+        raise ValueError(f"the model's metadata {META_HOT!r} is {hot!r}; expected 'high' or 'low'")
+    info["hot"] = hot
+    return info
 
 
 def _has(proto: onnx.ModelProto, name: str) -> bool:

@@ -17,7 +17,7 @@ table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:
 th{background:#eee;cursor:pointer;user-select:none}th:after{content:" \\2195";color:#999}
 td.num{text-align:right;font-variant-numeric:tabular-nums}tr.error td{background:#fdd}
 .input{border-top:1px solid #ccc;padding:.8em 0}.row{display:flex;flex-wrap:wrap;gap:10px}
-figure{margin:0;text-align:center;font-size:13px}figure img{max-width:260px;max-height:260px;display:block}
+figure{margin:0;text-align:center;font-size:13px}figure img{max-width:340px;max-height:260px;display:block}
 .err{color:#b00}
 """
 _SCRIPT = """

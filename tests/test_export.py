@@ -5,9 +5,11 @@ vanilla gradient against torch autograd; onnx.reference as a second runtime; sta
 the CLI subcommand; errors."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -175,16 +177,75 @@ def test_cli_export_then_explain(tmp_path):
     r = subprocess.run(cmd + ["explain", str(out), str(tmp_path / "vol.npy"), "--out",
                               str(tmp_path / "o"), "--quiet"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    np.testing.assert_allclose(np.load(tmp_path / "o" / "vol_npy_embedded.npy"), got[0, 0], atol=1e-6)
+    # the graph's map is MONAI's (hot = 0); explain draws and saves it hot = 1: 1 - map
+    np.testing.assert_allclose(np.load(tmp_path / "o" / "vol_npy_embedded.npy"), 1 - got[0, 0], atol=1e-6)
     r = subprocess.run(cmd + ["explain", str(out), str(tmp_path / "vol.npy"), "--target", "0", "--out",
                               str(tmp_path / "t"), "--quiet"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr  # the optional class_idx input is fed: the map is class 0 (not the argmax, 1)
     np.testing.assert_allclose(np.load(tmp_path / "t" / "vol_npy_embedded.npy"),
-                               ox.GradCAM(m, "/10/Relu")(x[:1], class_idx=0)[0, 0], atol=TOL)
+                               1 - ox.GradCAM(m, "/10/Relu")(x[:1], class_idx=0)[0, 0], atol=TOL)
     bad = subprocess.run(cmd + ["export", str(model), "--layer", "nosuch", "-o", str(tmp_path / "b.onnx")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no tensor, node or module named 'nosuch'" in bad.stderr
     assert not (tmp_path / "b.onnx").exists()
+
+
+def test_metadata_says_which_way_is_hot(resnet, tmp_path):
+    from onnx_xai.export import explainer_info
+
+    _, model = resnet
+    for method, kwargs, hot in [("gradcam", {}, "low"), ("gradcampp", {}, "low"), ("cam", {}, "low"),
+                                ("layercam", {}, "high"), ("vanilla", {}, "high"),
+                                ("gradcam", {"normalize": False}, "high")]:
+        proto = export_explainer(model, method, **kwargs)
+        props = {p.key: p.value for p in proto.metadata_props}
+        assert (props["onnx_xai.method"], props["onnx_xai.hot"]) == (method, hot), (method, kwargs)
+        info = explainer_info(proto)
+        assert (info["method"], info["hot"]) == (method, hot)
+        if method == "gradcam" and not kwargs:
+            onnx.save(proto, tmp_path / "e.onnx")
+            for source in (tmp_path / "e.onnx", proto.SerializeToString(), session(proto),
+                           Model(proto, device="cpu", verbose=False)):
+                assert explainer_info(source)["hot"] == "low"
+    assert explainer_info(model) == {"method": None, "hot": "high"}  # not an exported explainer
+    older = export_explainer(model, "gradcam")  # an export from before onnx_xai.hot: its JSON decides
+    props = {p.key: p.value for p in older.metadata_props}
+    spec = json.loads(props.pop("onnx_xai.explainer"))
+    del spec["hot"], props["onnx_xai.hot"], props["onnx_xai.method"]
+    onnx.helper.set_model_props(older, dict(props, **{"onnx_xai.explainer": json.dumps(spec)}))
+    assert explainer_info(older)["hot"] == "low"
+
+
+def test_cli_explain_of_an_exported_gradcam_is_drawn_hot_high(tmp_path):
+    """``explain model_gradcam.onnx`` and ``explain model.onnx --method gradcam``: the same map,
+    the same way round (it used to correlate -1: MONAI's flipped normalisation drawn as it was)."""
+    model = assets.model_dir() / "synthetic_shapes2d.onnx"
+    cmd = [sys.executable, "-m", "onnx_xai.cli"]
+    exported = tmp_path / "model_gradcam.onnx"
+    r = subprocess.run(cmd + ["export", str(model), "--method", "gradcam", "--layer", "/10/Relu", "-o",
+                              str(exported)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    x, _, _ = synthetic.shapes_2d(3, seed=5)
+    maps = {}
+    for i in range(3):
+        np.save(tmp_path / f"s{i}.npy", x[i].astype(np.float32))
+    for name, args in [("embedded", [str(exported)]),
+                       ("gradcam", [str(model), "--method", "gradcam", "--layer", "/10/Relu"])]:
+        r = subprocess.run(cmd + ["explain", *args, *[str(tmp_path / f"s{i}.npy") for i in range(3)],
+                                  "--out", str(tmp_path / name), "--quiet"], capture_output=True, text=True,
+                           timeout=240)
+        assert r.returncode == 0, r.stderr
+        maps[name] = [np.load(tmp_path / name / f"s{i}_npy_{name}.npy") for i in range(3)]
+        for i in range(3):
+            png = cv2.imread(str(tmp_path / name / f"s{i}_npy_{name}.png"))
+            maps.setdefault(name + ".png", []).append(png)
+    for i in range(3):
+        a, b = maps["embedded"][i], maps["gradcam"][i]
+        assert a.shape == b.shape == (64, 64) and a.std() > 0
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+        np.testing.assert_allclose(a, b, atol=1e-4)
+        pa, pb = maps["embedded.png"][i], maps["gradcam.png"][i]
+        assert pa.shape == pb.shape and np.abs(pa.astype(int) - pb).mean() < 0.5  # drawn alike
 
 
 def _model_with(node, domain: str | None = None, shape=(1, 3, 8, 8)) -> bytes:

@@ -163,21 +163,34 @@ def test_normalize_hand_computed():
         vis.normalize(np.zeros((0, 3)))
 
 
-def test_apply_colormap_matches_opencv_and_matplotlib_luts():
+def test_apply_colormap_hand_computed():
     ramp = np.linspace(0, 1, 256).reshape(16, 16)
     jet = vis.apply_colormap(ramp, "jet")
-    ref = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(16, 16), cv2.COLORMAP_JET)[..., ::-1]
-    np.testing.assert_array_equal(jet, ref)
     assert tuple(jet[0, 0]) == (0, 0, 128) and tuple(jet[-1, -1]) == (128, 0, 0)  # dark blue .. dark red
     grey = vis.apply_colormap(ramp, "gray")
     np.testing.assert_array_equal(grey[..., 0].ravel(), np.arange(256))
-    # the matplotlib tables rebuilt without matplotlib
-    mpl = pytest.importorskip("matplotlib")
-    for name in ("hsv", "jet", "viridis", "magma", "inferno"):
-        np.testing.assert_allclose(vis.colormap_lut(name), mpl.colormaps[name](np.arange(256))[:, :3],
-                                   atol=2e-3 if name not in ("hsv", "jet") else 1e-6)
     with pytest.raises(ValueError, match="2D"):
         vis.apply_colormap(np.zeros((2, 3, 4)))
+    with pytest.raises(ValueError, match="unknown colormap"):
+        vis.apply_colormap(ramp, "nope")
+
+
+def test_every_matplotlib_name_has_matplotlibs_colours():
+    """A name we share with matplotlib means matplotlib's colours (hot, pink, ocean, rainbow, jet,
+    hsv, bone and twilight used to be OpenCV's differing tables), within rounding."""
+    mpl = pytest.importorskip("matplotlib")
+    lower = {n.lower(): n for n in mpl.colormaps}
+    shared = [n for n in vis.colormap_names() if n in lower]
+    assert {"hot", "pink", "ocean", "rainbow", "jet", "hsv", "bone", "twilight", "viridis", "rdbu_r",
+            "bwr", "seismic", "gray"} <= set(shared)
+    v = np.arange(256) / 255.0
+    for name in shared:
+        ref = mpl.colormaps[lower[name]](v)[:, :3]  # matplotlib's colour for the value k / 255
+        assert np.abs(vis.colormap_lut(name) - ref).max() <= 1 / 255 + 1e-9, name
+        drawn = vis.apply_colormap(v[None], name, normalize_map=False)[0] / 255.0
+        assert np.abs(drawn - ref).max() <= 1 / 255 + 1e-9, name
+        if name.upper() != lower[name]:  # any spelling works
+            np.testing.assert_array_equal(vis.colormap_lut(lower[name]), vis.colormap_lut(name))
 
 
 def test_overlay_known_arrays():
@@ -301,10 +314,14 @@ def test_save_explanation_writes_valid_files_and_no_temps(tmp_path, rng):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.json", "cat.npy", "cat.png"]
     np.testing.assert_array_equal(np.load(paths["npy"]), heat)
     png = cv2.cvtColor(cv2.imread(str(paths["png"])), cv2.COLOR_BGR2RGB)
-    np.testing.assert_array_equal(png, vis.overlay(image, heat))
+    np.testing.assert_array_equal(png[:20, :30], vis.overlay(image, heat))  # the overlay, then its colour bar
+    assert png.shape[0] == vis.colorbars.MIN_HEIGHT and (png[20:, :30] == 255).all()  # short: padded below
     meta = json.loads(paths["json"].read_text())
     assert meta["class"] == 285 and abs(meta["score"] - 0.9) < 1e-6
     assert meta["map"]["shape"] == [1, 5, 6] and meta["map"]["max"] == pytest.approx(float(heat.max()))
+    assert meta["colour_scale"]["signed"] is False and meta["colour_scale"]["colormap"] == "jet"
+    bare = vis.save_explanation(tmp_path / "bare", image, heat, colorbar=False)["png"]
+    np.testing.assert_array_equal(cv2.imread(str(bare))[..., ::-1], vis.overlay(image, heat))
 
 
 def test_save_explanation_bad_input_writes_nothing(tmp_path):
@@ -354,3 +371,141 @@ def test_draw_boxes():
     assert tuple(out[5, 4]) == (0, 0, 0) and img.max() == 0  # inside untouched, input not modified
     with pytest.raises(ValueError, match="empty"):
         vis.draw_boxes(img, [(5, 5, 5, 8)])
+
+
+# ---------------------------------------------------------------- signed maps, colour bars
+RDBU_R_NEUTRAL = (247, 247, 247)  # matplotlib's RdBu_r at 0.5: #f7f7f7
+
+
+def test_signed_map_centred_on_zero_in_a_diverging_map():
+    mpl = pytest.importorskip("matplotlib")
+    rdbu_r = mpl.colormaps["RdBu_r"].resampled(2 ** 16 + 1)  # entries at k / 2**16: exact at 0.5, 0.75, ...
+    m = np.array([[-2.0, -1.0, 0.0, 1.0, 2.0]])
+    assert vis.is_signed(m) and not vis.is_signed(np.abs(m))
+    assert not vis.is_signed(np.array([1.0, 0.5, -1e-6]))  # float noise below 0 is not a sign
+    scale = vis.color_scale(m)
+    assert (scale.signed, scale.vmin, scale.vmax, scale.colormap) == (True, -2.0, 2.0, "rdbu_r")
+    out = vis.overlay(np.zeros((1, 5, 3), np.uint8), m, alpha=1.0)  # the map's colours alone
+    assert tuple(out[0, 2]) == RDBU_R_NEUTRAL  # 0 → the neutral colour exactly
+    expected = np.round(rdbu_r(np.array([0.0, 0.25, 0.5, 0.75, 1.0]))[:, :3] * 255)
+    np.testing.assert_allclose(out[0], expected, atol=1)
+    assert out[0, 4, 0] > out[0, 4, 2] and out[0, 3, 0] > out[0, 3, 2]  # positive: red
+    assert out[0, 0, 2] > out[0, 0, 0] and out[0, 1, 2] > out[0, 1, 0]  # negative: blue
+    # the scale is symmetric: -1 and +1 are equally far from the neutral colour
+    lopsided = vis.overlay(np.zeros((1, 3, 3), np.uint8), np.array([[-1.0, 0.0, 4.0]]), alpha=1.0)
+    assert tuple(lopsided[0, 1]) == RDBU_R_NEUTRAL
+    np.testing.assert_allclose(lopsided[0, 0], np.round(np.array(rdbu_r(0.5 - 0.5 / 4)[:3]) * 255), atol=1)
+    # signed=False: the old min-max drawing (jet: min dark blue, max dark red); True forces centring
+    old = vis.overlay(np.zeros((1, 5, 3), np.uint8), m, alpha=1.0, signed=False)
+    assert tuple(old[0, 0]) == (0, 0, 128) and tuple(old[0, -1]) == (128, 0, 0)
+    forced = vis.overlay(np.zeros((1, 2, 3), np.uint8), np.array([[0.0, 1.0]]), alpha=1.0, signed=True)
+    assert tuple(forced[0, 0]) == RDBU_R_NEUTRAL
+    with pytest.raises(ValueError, match="signed"):
+        vis.overlay(np.zeros((1, 5, 3), np.uint8), m, signed="yes")
+
+
+def test_percentile_clip_of_signed_and_unsigned_maps(rng):
+    grad = rng.normal(size=(40, 50))
+    grad[3, 4] = 1000.0  # one extreme gradient would wash everything else out
+    scale = vis.color_scale(grad, percentile=99)
+    top = np.percentile(np.abs(grad), 99)
+    assert scale.signed and scale.clipped and scale.vmax == pytest.approx(top) and scale.vmin == -scale.vmax
+    t = scale.scale(np.array([0.0, top / 2, -top, 1000.0, -1000.0]))
+    np.testing.assert_allclose(t, [0.5, 0.75, 0.0, 1.0, 0.0], atol=1e-6)
+    unclipped = vis.color_scale(grad)
+    assert unclipped.vmax == 1000.0 and not unclipped.clipped
+    image = np.zeros((40, 50, 3), np.uint8)
+    clipped = vis.overlay(image, grad, alpha=1.0, percentile=99)
+    washed = vis.overlay(image, grad, alpha=1.0)
+    # without the clip nearly every pixel is the neutral grey; with it the map shows
+    assert (np.abs(washed.astype(int) - 247).max(axis=2) <= 3).mean() > 0.99
+    assert (np.abs(clipped.astype(int) - 247).max(axis=2) <= 3).mean() < 0.2
+    # unsigned: vmax = percentile(map), as normalize()
+    pos = np.abs(grad)
+    s2 = vis.color_scale(pos, percentile=90)
+    assert not s2.signed and s2.vmin == pos.min() and s2.vmax == pytest.approx(np.percentile(pos, 90))
+    np.testing.assert_allclose(s2.scale(pos), vis.normalize(pos, percentile=90), atol=1e-6)
+    with pytest.raises(ValueError, match="percentile"):
+        vis.color_scale(grad, percentile=0)
+
+
+def _bar_column(png: np.ndarray, x0: int) -> np.ndarray:
+    """The colours down the middle of the bar of the panel starting at column ``x0``."""
+    return png[:, x0 + vis.colorbars.GAP + vis.colorbars.BAR_WIDTH // 2]
+
+
+def _bar_rows(col: np.ndarray) -> tuple[int, int]:
+    """First and last row of the bar (non-white, inside the grey frame)."""
+    rows = np.nonzero((col != 255).any(axis=1))[0]
+    return rows[0] + 1, rows[-1] - 1
+
+
+def test_save_explanation_colour_bar_signed(tmp_path):
+    image = np.full((120, 160, 3), 128, np.uint8)
+    m = np.zeros((120, 160))
+    m[20:50, 20:60] = 0.8
+    m[70:100, 90:140] = -0.3
+    paths = vis.save_explanation(tmp_path / "occ", image, m, {"method": "occlusion"})
+    png = cv2.imread(str(paths["png"]))[..., ::-1]
+    overlay, scale = vis.overlay_with_scale(image, m)
+    bar = vis.colorbars.colorbar(scale, 120)
+    assert png.shape == (120, 160 + bar.shape[1], 3) and bar.shape[1] > vis.colorbars.BAR_WIDTH
+    np.testing.assert_array_equal(png[:, :160], overlay)
+    np.testing.assert_array_equal(png[:, 160:], bar)
+    assert tuple(overlay[0, 0]) == tuple(np.round(0.5 * 128 + 0.5 * np.array(RDBU_R_NEUTRAL)))  # 0 → neutral
+    col = _bar_column(png, 160)
+    top, bottom = _bar_rows(col)
+    assert (bottom - top) % 2 == 0
+    assert tuple(col[(top + bottom) // 2]) == RDBU_R_NEUTRAL  # the middle of the bar is 0
+    assert col[top, 0] > 90 and col[top, 2] < 40  # +0.8 at the top: dark red
+    assert col[bottom, 2] > 90 and col[bottom, 0] < 10  # -0.8 at the bottom: dark blue
+    labels = png[:, 160 + vis.colorbars.GAP + vis.colorbars.BAR_WIDTH + 6:]
+    dark = labels.max(axis=2) < 100
+    assert dark[:15].any() and dark[-15:].any() and dark[55:65].any()  # text at the top, bottom, middle
+    meta = json.loads(paths["json"].read_text())
+    assert meta["colour_scale"] == {"vmin": pytest.approx(-0.8), "vmax": pytest.approx(0.8), "signed": True,
+                                    "colormap": "rdbu_r", "clipped": False}
+
+
+def test_colour_bar_unsigned_and_labels():
+    scale = vis.color_scale(np.array([0.0, 0.5, 1.0]))
+    panel = vis.colorbars.colorbar(scale, 100)
+    col = _bar_column(panel, 0)
+    top, bottom = _bar_rows(col)
+    assert tuple(col[top]) == (128, 0, 0) and tuple(col[bottom]) == (0, 0, 128)  # jet: max .. min
+    assert vis.colorbars._labels(scale) == [(1.0, "1"), (0.0, "0")]
+    signed = vis.color_scale(np.array([-0.004, 0.01, 2e-5]), percentile=50)
+    assert [text for _, text in vis.colorbars._labels(signed)] == [">0.004", "<-0.004", "0"]
+    pic = vis.add_colorbar(np.zeros((200, 10, 3), np.uint8), scale)
+    assert pic.shape == (200, 10 + vis.colorbars.colorbar(scale, 200).shape[1], 3)
+    with pytest.raises(ValueError, match="uint8"):
+        vis.add_colorbar(np.zeros((20, 10)), scale)
+
+
+def test_volume_slice_grid_signed_with_colour_bar(rng):
+    from onnx_xai.audit import volume_picture
+
+    vol = rng.random((24, 24, 8)).astype(np.float32)
+    m = np.zeros((24, 24, 8), np.float32)
+    m[2:8, 2:8] = 1.0
+    m[14:20, 14:20] = -0.5
+    pic = volume_picture(vol, m, alpha=1.0)
+    grid = volume_picture(vol, m, alpha=1.0, colorbar=False)
+    assert pic.shape[0] == grid.shape[0] and pic.shape[1] > grid.shape[1] + vis.colorbars.BAR_WIDTH
+    np.testing.assert_array_equal(pic[:, :grid.shape[1]], grid)
+    assert tuple(grid[50, 50]) == RDBU_R_NEUTRAL  # a 0 voxel (slice 0, scaled 4x) → neutral
+    assert grid[5 * 4, 5 * 4, 0] > grid[5 * 4, 5 * 4, 2]  # +1: red
+    assert grid[16 * 4, 16 * 4, 2] > grid[16 * 4, 16 * 4, 0]  # -0.5: blue
+    col = _bar_column(pic, grid.shape[1])
+    top, bottom = _bar_rows(col)
+    assert tuple(col[(top + bottom) // 2]) == RDBU_R_NEUTRAL
+    assert volume_picture(vol).shape == grid.shape  # the input alone: no bar
+
+
+def test_gif_frames_signed_map():
+    vol = np.zeros((4, 5, 6))
+    m = np.zeros((4, 5, 6))
+    m[0, 0, 0], m[0, 0, 1] = 1.0, -1.0
+    frames = vis.volume_frames(vol, m, alpha=1.0)
+    assert tuple(frames[0, 1, 1]) == RDBU_R_NEUTRAL
+    assert frames[0, 0, 0, 0] > frames[0, 0, 0, 2] and frames[0, 0, 1, 2] > frames[0, 0, 1, 0]

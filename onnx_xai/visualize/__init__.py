@@ -1,7 +1,9 @@
 """visualize: overlays, colormaps, MONAI-style blends and montages, GIFs, TensorBoard images,
 saved explanations and boxes from maps — NumPy + OpenCV only (matplotlib optional)."""
 from .boxes import Box, boxes_from_map, draw_boxes
-from .colors import apply_colormap, blend_images, colormap_lut, colormap_names, normalize, overlay
+from .colorbars import add_colorbar, colorbar
+from .colors import (ColorScale, apply_colormap, blend_images, color_scale, colormap_lut, colormap_names,
+                     is_signed, normalize, overlay, overlay_with_scale)
 from .explanation import save_explanation
 from .gif import encode_gif, read_gif, save_gif, volume_frames, write_gif
 from .montage import matshow3d, montage, render_montage, save_montage
@@ -10,6 +12,7 @@ from ._io import write_png
 
 __all__ = [
     "normalize", "apply_colormap", "overlay", "blend_images", "colormap_lut", "colormap_names",
+    "is_signed", "color_scale", "ColorScale", "overlay_with_scale", "colorbar", "add_colorbar",
     "montage", "render_montage", "save_montage", "matshow3d",
     "volume_frames", "save_gif", "write_gif", "encode_gif", "read_gif",
     "plot_2d_or_3d_image", "add_animated_gif",

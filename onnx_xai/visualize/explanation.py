@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from ._io import atomic_write_bytes, encode_png
-from .colors import _as_array, overlay
+from .colorbars import add_colorbar
+from .colors import _as_array, overlay_with_scale
 
 
 def _json_default(obj):
@@ -32,12 +33,16 @@ def _hwc(image) -> np.ndarray:
 
 
 def save_explanation(path_stem: str | os.PathLike, image, map, meta: dict | None = None, *,
-                     alpha: float = 0.5, colormap: str = "jet") -> dict[str, Path]:
+                     alpha: float = 0.5, colormap: str | None = None, signed: bool | str = "auto",
+                     percentile: float | None = None, colorbar: bool = True) -> dict[str, Path]:
     """Write ``{stem}.png`` (overlay), ``{stem}.npy`` (raw map) and ``{stem}.json`` (``meta`` +
-    map shape/dtype/range) → ``{"png": ..., "npy": ..., "json": ...}``.
+    map shape/dtype/range + the colour scale drawn) → ``{"png": ..., "npy": ..., "json": ...}``.
 
     ``image``: ``(H, W[, 3])`` or ``(1|3, H, W)``; ``map``: ``(h, w)`` / ``(1, h, w)`` /
     ``(1, 1, h, w)`` (resized to the image for the PNG; saved unchanged in the ``.npy``).
+    The overlay is :func:`overlay`'s (``colormap``, ``signed``, ``percentile``: see there; a map
+    with both signs is drawn centred on 0 in a diverging map), with a colour bar on its right
+    (``colorbar=False``: the bare ``(H, W, 3)`` overlay) labelled with the scale's ends and 0.
     Everything is encoded first, then each file goes through a temp file and ``os.replace``:
     bad input writes nothing, an interruption leaves no half-written file.
     """
@@ -50,7 +55,9 @@ def save_explanation(path_stem: str | os.PathLike, image, map, meta: dict | None
         raise ValueError(f"map must be one 2D map (h, w), (1, h, w) or (1, 1, h, w); got shape {raw.shape}")
     if meta is not None and not isinstance(meta, dict):
         raise ValueError(f"meta must be a dict or None, got {type(meta).__name__}")
-    png = encode_png(overlay(_hwc(image), m2, alpha=alpha, colormap=colormap))
+    picture, scale = overlay_with_scale(_hwc(image), m2, alpha=alpha, colormap=colormap, signed=signed,
+                                        percentile=percentile)
+    png = encode_png(add_colorbar(picture, scale) if colorbar else picture)
     buf = io.BytesIO()
     np.save(buf, raw, allow_pickle=False)
     record = dict(meta or {})
@@ -58,6 +65,8 @@ def save_explanation(path_stem: str | os.PathLike, image, map, meta: dict | None
     record["map"] = {"shape": list(raw.shape), "dtype": str(raw.dtype),
                      "min": float(finite.min()) if finite.size else None,
                      "max": float(finite.max()) if finite.size else None}
+    record["colour_scale"] = {"vmin": scale.vmin, "vmax": scale.vmax, "signed": scale.signed,
+                              "colormap": scale.colormap, "clipped": scale.clipped}
     record["files"] = {k: stem.with_suffix("." + k).name for k in ("png", "npy")}
     try:
         text = json.dumps(record, indent=2, default=_json_default, allow_nan=False)

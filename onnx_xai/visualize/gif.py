@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from ._io import atomic_write_bytes
-from .colors import _as_array, apply_colormap, normalize
+from .colors import _as_array, color_scale, normalize
 
 
 def _require_gif() -> None:
@@ -61,14 +61,17 @@ def _to_uint8(vol: np.ndarray, scale_factor: float | None) -> np.ndarray:
 
 
 def volume_frames(volume, map=None, *, frame_dim: int = -3, max_out: int = 1, scale_factor: float | None = None,
-                  alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
+                  alpha: float = 0.5, colormap: str | None = None, signed: bool | str = "auto",
+                  percentile: float | None = None) -> np.ndarray:
     """Frames ``(T, H', W', 3)`` uint8 RGB of a volume along ``frame_dim``, optionally with a map over it.
 
     ``volume``: ``HWD`` or ``CHWD``; ``frame_dim`` in (-3, -2, -1) counts over the spatial dims
     (default ``-3``, the first, as MONAI). The first ``max_out`` channels are placed side by side.
     ``scale_factor``: MONAI's (values times it, clipped to 0..255); None scales the volume's
-    min..max to 0..255. ``map`` (``HWD`` / ``1HWD``, same spatial size) is normalised over the
-    whole volume and blended with weight ``alpha`` in ``colormap``.
+    min..max to 0..255. ``map`` (``HWD`` / ``1HWD``, same spatial size) is coloured on one
+    :func:`~onnx_xai.visualize.color_scale` for the whole volume (``colormap``, ``signed``,
+    ``percentile``: min-max ``jet``, or centred on 0 in ``rdbu_r`` for a map with both signs)
+    and blended with weight ``alpha``.
     """
     vol = _as_array(volume, "volume")
     vol = vol[None] if vol.ndim == 3 else vol
@@ -89,19 +92,21 @@ def volume_frames(volume, map=None, *, frame_dim: int = -3, max_out: int = 1, sc
             raise ValueError(f"map must have the volume's spatial shape {vol.shape[1:]}, got {m.shape}")
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-        m = np.moveaxis(normalize(m), frame_dim, 0)  # (T, h, w), one scale for the whole volume
-        heat = np.stack([apply_colormap(s, colormap, normalize_map=False) for s in m]).astype(np.float32)
+        scale = color_scale(m, signed=signed, percentile=percentile, colormap=colormap)
+        m = np.moveaxis(m, frame_dim, 0)  # (T, h, w), one scale for the whole volume
+        heat = np.stack([scale.colors(s) for s in m]).astype(np.float32)
         rgb = (1 - alpha) * rgb + alpha * heat[None]
     rgb = np.clip(np.round(rgb), 0, 255).astype(np.uint8)
     return np.concatenate(list(rgb), axis=2)  # channels side by side: (T, h, C * w, 3)
 
 
 def save_gif(path: str | os.PathLike, volume, map=None, *, frame_dim: int = -3, max_out: int = 1,
-             scale_factor: float | None = None, alpha: float = 0.5, colormap: str = "jet",
+             scale_factor: float | None = None, alpha: float = 0.5, colormap: str | None = None,
+             signed: bool | str = "auto", percentile: float | None = None,
              duration_ms: int = 100, loop: int = 0) -> np.ndarray:
     """Write :func:`volume_frames` as an animated GIF at ``path``; return the frames."""
     _require_gif()
     frames = volume_frames(volume, map, frame_dim=frame_dim, max_out=max_out, scale_factor=scale_factor,
-                           alpha=alpha, colormap=colormap)
+                           alpha=alpha, colormap=colormap, signed=signed, percentile=percentile)
     write_gif(path, frames, duration_ms=duration_ms, loop=loop)
     return frames
