@@ -1,0 +1,7 @@
+"""``python -m onnx_xai``: the ``onnx-xai`` command line."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
