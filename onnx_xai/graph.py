@@ -234,8 +234,9 @@ def static_shapes(proto: onnx.ModelProto, input_shapes: dict[str, tuple]) -> onn
     except Exception:
         inferred = out
     if _unknown_shapes(inferred):
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-        try:
+        try:  # needs sympy (a declared dependency); without it, the run below still gives shapes
+            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
             symbolic = SymbolicShapeInference.infer_shapes(out, auto_merge=True)
         except Exception:
             symbolic = None
