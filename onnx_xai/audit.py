@@ -4,7 +4,7 @@ Every file goes through a temp file and ``os.replace``; an audit input is comple
 marker ``done.json`` (written last) exists and names the input's path and content (size +
 SHA-256), so a re-run skips it only while the file is unchanged, and a killed run leaves at
 most stale ``.*.tmp`` files, which the next run removes. One run at a time writes an output
-folder (``.onnx-xai.lock``); worker processes die with the process that started them.
+folder (``OutputLock``); worker processes die with the process that started them.
 """
 from __future__ import annotations
 
@@ -140,78 +140,74 @@ def check_output_file(path: str | os.PathLike) -> Path:
 
 
 class OutputLock:
-    """Exclusive lock on an output folder for one run: ``flock`` on ``FOLDER/.onnx-xai.lock``
-    (``msvcrt.locking`` on Windows; a lock file created with O_EXCL holding the owner's pid where
-    neither works). The OS drops it when the process dies, however it dies. A second run gets
-    ``OutputBusyError``. Use as a context manager."""
+    """Exclusive lock on an output folder for one run. Where ``fcntl`` exists: ``flock`` on the
+    folder itself, nothing written, dropped by the OS when the process ends however it ends.
+    Elsewhere (Windows) or where the file system refuses ``flock``: a lock file
+    ``FOLDER/.onnx-xai.lock`` created with O_EXCL, holding the owner's pid, removed at the end and
+    taken over once that pid no longer runs. A second run gets ``OutputBusyError``. Use as a
+    context manager."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
-        self.path = self.folder / LOCK
         self._fd: int | None = None
-        self._exclusive_file: Path | None = None
+        self._lock_file: Path | None = None
 
-    def _busy(self, pid: str) -> OutputBusyError:
+    def _busy(self, pid: int | str | None) -> OutputBusyError:
         who = f"another onnx-xai run (pid {pid})" if pid else "another onnx-xai run"
         return OutputBusyError(f"{who} is writing {str(self.folder)!r}; wait for it to finish "
                                f"or choose another --out")
 
     def acquire(self) -> "OutputLock":
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise cannot_write(self.path, exc) from None
-        try:
-            locked = _os_lock(fd)
-            if locked is False:
-                raise self._busy(_read_pid(fd))
-            if locked is None:  # no OS lock here: a lock file of its own, O_EXCL
+            import fcntl
+        except ImportError:
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fd = os.open(self.folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            except OSError as exc:
+                raise cannot_write(self.folder, exc) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
                 os.close(fd)
-                fd = None
-                self._exclusive_file = self._create_exclusive()
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise self._busy(_flock_holder(self.folder)) from None
+                # e.g. ENOLCK / EOPNOTSUPP / EBADF on some network file systems: the lock file
+            else:
+                self._fd = fd
                 return self
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.write(fd, f"{os.getpid()}\n".encode())
-        except OSError as exc:
-            if fd is not None:
-                os.close(fd)
-            raise cannot_write(self.path, exc) from None
-        except BaseException:
-            if fd is not None:
-                os.close(fd)
-            raise
-        self._fd = fd
+        self._lock_file = self._create_lock_file()
         return self
 
-    def _create_exclusive(self) -> Path:
-        path = self.path.with_name(LOCK + ".pid")
-        for _ in range(2):
+    def _create_lock_file(self) -> Path:
+        path = self.folder / LOCK
+        for _ in range(3):
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             except FileExistsError:
                 try:
-                    pid = path.read_text().strip()
+                    pid, age = path.read_text().strip(), time.time() - path.stat().st_mtime
                 except OSError:
-                    pid = ""
-                if pid.isdigit() and _alive(int(pid)):
+                    pid, age = "", 0.0
+                if (pid.isdigit() and _alive(int(pid))) or (not pid.isdigit() and age < 10):
                     raise self._busy(pid) from None
                 path.unlink(missing_ok=True)  # its owner died: stale
                 continue
+            except OSError as exc:
+                raise cannot_write(path, exc) from None
             with os.fdopen(fd, "w") as f:
                 f.write(f"{os.getpid()}\n")
             return path
-        raise self._busy("")
+        raise self._busy(None)
 
     def release(self) -> None:
         if self._fd is not None:
-            with contextlib.suppress(OSError):
-                _os_unlock(self._fd)
-            os.close(self._fd)
-            self._fd = None  # the file stays: unlinking a flock-ed file races with the next run
-        if self._exclusive_file is not None:
-            self._exclusive_file.unlink(missing_ok=True)
-            self._exclusive_file = None
+            os.close(self._fd)  # drops the flock
+            self._fd = None
+        if self._lock_file is not None:
+            self._lock_file.unlink(missing_ok=True)
+            self._lock_file = None
 
     def __enter__(self) -> "OutputLock":
         return self.acquire()
@@ -220,50 +216,19 @@ class OutputLock:
         self.release()
 
 
-def _os_lock(fd: int) -> bool | None:
-    """True: locked; False: another process holds it; None: no OS lock on this system / file system."""
+def _flock_holder(folder: Path) -> int | None:
+    """The pid holding a ``flock`` on ``folder``, from /proc/locks (Linux), or None."""
     try:
-        import fcntl
-    except ImportError:
-        fcntl = None
-    if fcntl is not None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return False
-            return None  # e.g. ENOLCK / EOPNOTSUPP on some network file systems
-    try:
-        import msvcrt
-    except ImportError:
-        return None
-    try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        return True
-    except OSError:
-        return False
-
-
-def _os_unlock(fd: int) -> None:
-    try:
-        import fcntl
-    except ImportError:
-        import msvcrt
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-def _read_pid(fd: int) -> str:
-    try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        text = os.read(fd, 32).decode("ascii", "replace").strip()
-    except OSError:
-        return ""
-    return text if text.isdigit() else ""
+        st = os.stat(folder)
+        node = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        with open("/proc/locks") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == node:
+                    return int(fields[4])
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
 
 
 def _alive(pid: int) -> bool:
@@ -365,19 +330,25 @@ def collect_inputs(paths: list[str], exclude: str | os.PathLike | None = None,
     """Files named, and the images / ``.npy`` files inside folders named (recursively, sorted);
     ValueError when that finds none.
 
-    ``exclude``: the output folder. Files of it found inside a folder named are skipped (and
-    appended to ``skipped``), so that a run writing into its input folder never explains its own
-    overlays and maps: the whole folder when it lies inside an input folder; when it *is* an input
-    folder, only what ``audit`` (``inputs/<key>/``) and ``explain`` (``<key>_<method>.png|.npy``)
-    write there. Files named explicitly are always kept.
+    Files that onnx-xai wrote are not inputs, so a run writing into its input folder never
+    explains its own overlays and maps: inside folders named, those of ``exclude`` (the output
+    folder: all of it when it lies inside an input folder; when it *is* one, what ``audit``
+    (``inputs/<key>/``) and ``explain`` (``<key>_<method>.png|.npy``) write there) and the
+    ``inputs/<key>/`` pictures and maps of any audit folder (one with ``inputs/*/done.json``) are
+    skipped, and appended to ``skipped``. Files named explicitly are always kept.
     """
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
-                           and f.suffix.lower() in IMAGE_SUFFIXES + (".npy",))
-            if exclude is not None:
-                drop = _output_files(found, p, Path(exclude))
+            found, audits = [], set()
+            for f in p.rglob("*"):
+                if f.name == MARKER and f.parent.parent.name == "inputs":
+                    audits.add(f.parent.parent.parent)
+                elif not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES + (".npy",) and f.is_file():
+                    found.append(f)
+            found.sort()
+            drop = _output_files(found, p, None if exclude is None else Path(exclude), audits)
+            if drop:
                 found = [f for f in found if f not in drop]
                 if skipped is not None:
                     skipped += [f for f in sorted(drop) if f not in skipped]
@@ -399,24 +370,37 @@ def _output_names() -> tuple[re.Pattern, re.Pattern]:
     return audit, explain
 
 
-def _output_files(found: list[Path], folder: Path, out: Path) -> set[Path]:
-    """Those of ``found`` (files under ``folder``) that a run writing to ``out`` wrote."""
-    root, top = os.path.realpath(out), os.path.realpath(folder)
-    if not (root == top or root.startswith(top.rstrip(os.sep) + os.sep)):
-        return set()  # the output folder is not inside this input folder
+def _under(path: str, root: str) -> bool:
+    return path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _output_files(found: list[Path], folder: Path, out: Path | None, audits: set[Path]) -> set[Path]:
+    """Those of ``found`` (files under ``folder``) that onnx-xai wrote: see ``collect_inputs``."""
+    top = os.path.realpath(folder)
+    root = None if out is None else os.path.realpath(out)
+    if root is not None and not (root == top or _under(root, top)):
+        root = None  # the output folder is not inside this input folder
+    audit_roots = [os.path.realpath(a) for a in audits] + ([root] if root is not None else [])
+    if root is None and not audit_roots:
+        return set()
     audit, explain = _output_names()
     drop = set()
     for f in found:
         real = os.path.realpath(f)
-        if not real.startswith(root.rstrip(os.sep) + os.sep):
-            continue
-        if root != top:  # the output folder lies inside the input folder: all of it
-            drop.add(f)
-            continue
-        parts = Path(os.path.relpath(real, root)).parts
-        if (len(parts) == 3 and parts[0] == "inputs" and audit.match(parts[2])) or \
-                (len(parts) == 1 and explain.search(parts[0])):
-            drop.add(f)
+        if root is not None and _under(real, root):
+            if root != top:  # the output folder lies inside the input folder: all of it
+                drop.add(f)
+                continue
+            parts = Path(os.path.relpath(real, root)).parts
+            if len(parts) == 1 and explain.search(parts[0]):
+                drop.add(f)
+                continue
+        for a in audit_roots:
+            if _under(real, a):
+                parts = Path(os.path.relpath(real, a)).parts
+                if len(parts) == 3 and parts[0] == "inputs" and audit.match(parts[2]):
+                    drop.add(f)
+                    break
     return drop
 
 
@@ -864,6 +848,9 @@ def _run_audit(config: Config, files: list[Path], out: Path, workers: int, resum
                            for i in todo}
                 for fut in cf.as_completed(futures):
                     done(futures[fut], fut.result())
+            except cf.process.BrokenProcessPool:
+                raise OnnxXaiError("a worker process died (killed, or out of memory?); what was done is kept: "
+                                   "run the same command again, with fewer --workers, to resume") from None
             finally:  # on Ctrl-C or an unwritable output, do not wait for the queued inputs
                 pool.shutdown(wait=True, cancel_futures=True)
     finally:

@@ -179,12 +179,12 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def _inputs(paths: list[str], out: Path, quiet: bool) -> list[Path]:
-    """``collect_inputs`` without the files of the output folder ``out`` (noted on stderr)."""
+    """``collect_inputs`` without the files onnx-xai wrote there (``out``'s, older audits'), noted on stderr."""
     skipped: list[Path] = []
     files = collect_inputs(paths, exclude=out, skipped=skipped)
     if skipped and not quiet:
-        print(f"note: skipped {len(skipped)} file{'s' if len(skipped) != 1 else ''} of the output folder "
-              f"{str(out)!r} found among the inputs", file=sys.stderr)
+        print(f"note: skipped {len(skipped)} file{'s' if len(skipped) != 1 else ''} in the input folders that "
+              f"onnx-xai wrote (output folder {str(out)!r} or an earlier one)", file=sys.stderr)
     return files
 
 

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .visualize._io import atomic_write_bytes
+from .audit import write_file
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
@@ -59,6 +59,19 @@ def _row(rec: dict, methods: list[str]) -> dict[str, Any]:
     return row
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell that no spreadsheet runs as a formula: text starting with ``= + - @``, a tab or
+    a carriage return gets a leading single quote (OWASP's advice); numbers stay numbers."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
@@ -104,7 +117,9 @@ def render_html(records: list[dict], methods: list[str], title: str, info: dict,
 
 def write_report(folder: Path, records: list[dict], methods: list[str], info: dict,
                  title: str = "onnx-xai audit") -> dict[str, Path]:
-    """Write ``report.html``, ``summary.json`` and ``summary.csv`` into ``folder`` (atomically)."""
+    """Write ``report.html``, ``summary.json`` and ``summary.csv`` into ``folder`` (atomically;
+    ``OutputError`` when it cannot). Text cells of the CSV are neutralised against formula
+    injection (``csv_cell``); the JSON keeps every value verbatim."""
     folder = Path(folder)
     failed = [r for r in records if r.get("status") != "ok"]
     summary = dict(info, methods=methods, n_inputs=len(records), n_failed=len(failed),
@@ -113,9 +128,9 @@ def write_report(folder: Path, records: list[dict], methods: list[str], info: di
     writer = csv.DictWriter(buf, fieldnames=_columns(methods), lineterminator="\n")
     writer.writeheader()
     for r in records:
-        writer.writerow({k: ("" if v is None else v) for k, v in _row(r, methods).items()})
+        writer.writerow({k: csv_cell(v) for k, v in _row(r, methods).items()})
     paths = {"html": folder / "report.html", "json": folder / "summary.json", "csv": folder / "summary.csv"}
-    atomic_write_bytes(paths["html"], render_html(records, methods, title, info, folder).encode("utf-8"))
-    atomic_write_bytes(paths["json"], json.dumps(summary, indent=2).encode("utf-8"))
-    atomic_write_bytes(paths["csv"], buf.getvalue().encode("utf-8"))
+    write_file(paths["html"], render_html(records, methods, title, info, folder).encode("utf-8"))
+    write_file(paths["json"], json.dumps(summary, indent=2).encode("utf-8"))
+    write_file(paths["csv"], buf.getvalue().encode("utf-8"))
     return paths
