@@ -259,7 +259,7 @@ def export_explainer(model: Any, method: str = "gradcam", target_layers: str | S
                                     "exported explainer must run on any ONNX runtime, so it needs "
                                     "standard ONNX operators only")
     opset = _opset(proto)
-    output = m._check_outputs(output)[0]
+    output = m.check_outputs(output)[0]
     per_sample = tuple(input_shape) if input_shape is not None else tuple(m.input.shape[1:])
     if not all(isinstance(s, (int, np.integer)) and s > 0 for s in per_sample):
         raise ValueError(f"input {m.input_name!r} is {m.input.describe()}: give its per-sample "

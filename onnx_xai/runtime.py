@@ -228,8 +228,7 @@ def _load_proto(source: Any) -> tuple[onnx.ModelProto | None, str | None]:
 
 
 # Model attributes that belong to one graph: never copied to a Model of a rewritten graph.
-_PER_GRAPH = frozenset({"_proto", "session", "inputs", "outputs", "_derived", "digest",
-                        "_largest_activation", "_gradient_models"})
+_PER_GRAPH = frozenset({"_proto", "session", "inputs", "outputs", "_derived", "_memos", "digest"})
 
 
 class Model:
@@ -259,6 +258,7 @@ class Model:
         self.threads = check_threads(threads)
         self.verbose = verbose
         self._derived: dict[tuple, Model] = {}
+        self._memos: dict[str, dict] = {}
         if isinstance(source, ort.InferenceSession):
             self.session = source
             self.device = "gpu" if source.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
@@ -269,7 +269,7 @@ class Model:
         else:
             self._proto, self.path = _load_proto(source)
             self.device = _resolve_device(device)
-            self.session = self._new_session(self._proto)
+            self.session = self.new_session(self._proto)
         self.io_binding = (self.device == "gpu") if io_binding is None else bool(io_binding)
         self.inputs = [self._info(i) for i in self.session.get_inputs()]
         self.outputs = [self._info(o) for o in self.session.get_outputs()]
@@ -337,7 +337,7 @@ class Model:
             return 1
         return self.threads if self.threads is not None else usable_cores()
 
-    def _new_session(self, proto: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
+    def new_session(self, proto: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
         """A session on this model's device with ``threads`` (default: ``self.threads``)
         intra-op threads."""
         options = ort.SessionOptions()
@@ -380,15 +380,20 @@ class Model:
             self._derived[tensors] = self.derive(graph.expose_tensors(proto, list(tensors)))
         return self._derived[tensors]
 
+    def memo(self, name: str) -> dict:
+        """A dict named ``name`` that lives as long as this Model and its graph (other layers
+        keep what they built for this graph here, e.g. gradient models); not copied by ``derive``."""
+        return self._memos.setdefault(name, {})
+
     def derive(self, proto: onnx.ModelProto) -> "Model":
         """A Model of ``proto`` (a rewrite of this model's graph) with this model's settings
         and batch state (device, threads, explained input, fixed batch size, ...); memos and
         cached properties tied to this graph are not carried over."""
         child = Model.__new__(Model)
         child.__dict__.update({k: v for k, v in self.__dict__.items() if k not in _PER_GRAPH})
-        child._derived = {}
+        child._derived, child._memos = {}, {}
         child._proto = proto
-        child.session = self._new_session(proto)
+        child.session = self.new_session(proto)
         child.inputs = [self._info(i) for i in child.session.get_inputs()]
         child.outputs = [self._info(o) for o in child.session.get_outputs()]
         return child
@@ -419,7 +424,8 @@ class Model:
                 f" (as {want.name})" if np.isfinite(np.asarray(original, np.float64)).all() else ""))
         return x
 
-    def _check_outputs(self, outputs: str | Sequence[str] | None) -> list[str]:
+    def check_outputs(self, outputs: str | Sequence[str] | None) -> list[str]:
+        """Output names (None: the first output), each checked to be an output of the model."""
         names = [self.outputs[0].name] if outputs is None else (
             [outputs] if isinstance(outputs, str) else list(dict.fromkeys(outputs)))
         unknown = [n for n in names if n not in self.output_names]
@@ -432,7 +438,7 @@ class Model:
         """The output ``name`` (default: the first), checked to hold class scores ``(B, K, ...)``:
         a ``(B,)`` output (one value per sample) or a scalar raises ``ValueError``. ``shape``:
         the output's real shape where known (else the declared one is checked)."""
-        name = self._check_outputs(name)[0]
+        name = self.check_outputs(name)[0]
         dims = tuple(shape) if shape is not None else next(o for o in self.outputs if o.name == name).shape
         if len(dims) < 2 and (shape is not None or len(dims) == 1):
             raise ValueError(
@@ -482,7 +488,7 @@ class Model:
             ``(N, ...)`` array, or a dict of them when ``outputs`` is a list.
         """
         x = self.check_input(x)
-        names = self._check_outputs(outputs)
+        names = self.check_outputs(outputs)
         extra = self.check_extra_inputs(extra_inputs)
         n = x.shape[0]
         step = self.plan_batch(x, n if batch_size is None else batch_size, extra)
@@ -521,12 +527,14 @@ class Model:
             chunk = np.concatenate([chunk, pad])
         feeds = {self.input_name: chunk}
         for name, value in extra.items():
-            feeds[name] = self._batch_extra(name, value, chunk.shape[0], n_total, start)
-        got = self._run(self.session, feeds, names)
+            feeds[name] = self.batch_extra(name, value, chunk.shape[0], n_total, start)
+        got = self.run_session(self.session, feeds, names)
         return [g[:b] for g in got] if fixed is not None else got
 
-    def _batch_extra(self, name: str, value: np.ndarray, b: int, n_total: int | None,
-                     start: int) -> np.ndarray:
+    def batch_extra(self, name: str, value: np.ndarray, b: int, n_total: int | None,
+                    start: int) -> np.ndarray:
+        """The extra input ``name`` for a run of ``b`` samples starting at ``start`` of
+        ``n_total``: split along its batch axis, repeated from 1 to ``b``, or as it is."""
         declared = next(i for i in self.inputs + self.optional_inputs if i.name == name).shape
         batch_axis = bool(declared) and not isinstance(declared[0], int) and value.ndim == len(declared)
         if batch_axis and n_total and n_total > 1 and value.shape[0] == n_total:
@@ -535,8 +543,9 @@ class Model:
             return np.repeat(value, b, axis=0)
         return value
 
-    def _run(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray],
-             names: list[str]) -> list[np.ndarray]:
+    def run_session(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray],
+                    names: list[str]) -> list[np.ndarray]:
+        """``session.run`` on contiguous feeds, through IO binding when the model uses it."""
         feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}
         if not self.io_binding:
             return session.run(names, feeds)
@@ -564,11 +573,11 @@ class Model:
         try:
             single = [self.run_batch(probe[i:i + 1], names, extra) if fixed == 1 else None
                       for i in range(2)]
-            session = self._new_session(candidate)
+            session = self.new_session(candidate)
             feeds = {self.input_name: probe}
-            feeds.update({k: self._batch_extra(k, v, 2, None, 0) for k, v in extra.items()})
+            feeds.update({k: self.batch_extra(k, v, 2, None, 0) for k, v in extra.items()})
             with _captured_output():
-                both = self._run(session, feeds, names)
+                both = self.run_session(session, feeds, names)
         except Exception:
             return
         if fixed == 1:

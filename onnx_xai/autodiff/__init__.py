@@ -92,7 +92,7 @@ class GradientModel:
         if key not in self._sessions:
             proto = (_argmax_head(self.proto, self.output, self.output_shape[1]) if argmax
                      else self.proto)
-            self._sessions[key] = self.model._new_session(proto, None if worker is None else 1)
+            self._sessions[key] = self.model.new_session(proto, None if worker is None else 1)
         return self._sessions[key]
 
     @property
@@ -139,7 +139,7 @@ class GradientModel:
         if tuple(x.shape[1:]) != tuple(self.shapes[self.model.input_name][1:]):
             raise ValueError(f"this gradient model was built for samples of shape "
                              f"{self.shapes[self.model.input_name][1:]}, got {x.shape[1:]}")
-        extra = _check_extra(self.model, extra_inputs)
+        extra = self.model.check_extra_inputs(extra_inputs)
         n, b = x.shape[0], self.batch_size
         in_graph = (target_weights is None and class_idx is None and region is None
                     and len(self.output_shape) == 2)
@@ -185,14 +185,14 @@ class GradientModel:
         if w is not None:
             feeds[WEIGHTS] = w
         for name, value in extra.items():
-            feeds[name] = self.model._batch_extra(name, value, m, n_total, start)
+            feeds[name] = self.model.batch_extra(name, value, m, n_total, start)
             if feeds[name].shape[:1] == (m,) and m < b:
                 feeds[name] = np.concatenate([feeds[name], np.repeat(feeds[name][-1:], b - m, 0)])
         if self.spec.seed:
             feeds[self.spec.seed] = np.ones(1, np.float32)
         sp = self.spec
         names = list(sp.outputs) + list(sp.layers.values()) + [sp.grads[s] for s in sp.sources.values()]
-        got = dict(zip(names, self.model._run(session, feeds, names)))
+        got = dict(zip(names, self.model.run_session(session, feeds, names)))
         grads = {k: got[sp.grads[s]].reshape(self.shapes[s])[:m] for k, s in sp.sources.items()}
         return {"outputs": {o: got[o][:m] for o in sp.outputs},
                 "activations": {k: got[v][:m] for k, v in sp.layers.items()},
@@ -252,11 +252,6 @@ def _argmax_head(proto: onnx.ModelProto, output: str, n_classes: int) -> onnx.Mo
     return out
 
 
-def _check_extra(model, extra):
-    check = getattr(model, "check_extra_inputs", None) or model._check_extra
-    return check(extra)
-
-
 def _input_shapes(model, batch_size: int, input_shape: Sequence[int] | None,
                   extra_shapes: dict | None) -> dict[str, tuple]:
     shapes = {}
@@ -283,7 +278,7 @@ def _run_batch_size(model, proto: onnx.ModelProto, shapes: dict[str, tuple], bat
     steps then run in cache; ``GradientModel`` spreads the runs over its workers)."""
     if model.device == "gpu":
         return batch_size
-    memo = model.__dict__.setdefault("_largest_activation", {})
+    memo = model.memo("largest_activation")
     key = tuple(sorted(shapes.items()))
     if key not in memo:
         memo[key] = max(_activation_sizes(graph.static_shapes(proto, shapes)), default=1)
@@ -320,13 +315,29 @@ def gradient_model(model, wrt: str | Sequence[str] | None = None, *, output: str
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     backend = _backend(backend)
     shapes = _input_shapes(model, 1, input_shape, extra_shapes)
-    shapes = _input_shapes(model, _run_batch_size(model, proto, shapes, int(batch_size)),
+    batch_size = _usable_batch(model, int(batch_size), shapes)
+    proto = model.require_proto("gradients")  # rewritten when the batch was made dynamic
+    shapes = _input_shapes(model, _run_batch_size(model, proto, shapes, batch_size),
                            input_shape, extra_shapes)
     key = (tuple(wrt), output, tuple(sorted(shapes.items())), backend, bool(guided))
-    memo = model.__dict__.setdefault("_gradient_models", {})
+    memo = model.memo("gradient_models")
     if key not in memo:
         memo[key] = _build(model, proto, wrt, output, shapes, backend, bool(guided), use_cache)
     return memo[key]
+
+
+def _usable_batch(model, batch_size: int, shapes: dict[str, tuple]) -> int:
+    """``batch_size``, or the model's batch where its graph pins one (exporters often write
+    1) and it cannot be made dynamic: tried once on random samples, as ``Model.predict``
+    does, when the model has no other inputs (with them, ``predict`` tries on real data)."""
+    fixed = model.input.shape[0] if model.input.shape else None
+    if not isinstance(fixed, int) or batch_size == fixed:
+        return batch_size
+    if len(model.inputs) == 1:
+        probe = np.random.default_rng(0).standard_normal((2,) + tuple(shapes[model.input_name][1:]))
+        model.plan_batch(probe.astype(model.input.dtype), batch_size, {})
+    batch = model.input.shape[0]
+    return batch_size if not isinstance(batch, int) else batch
 
 
 def gradients(model, x: np.ndarray, wrt: str | Sequence[str] | None = None,

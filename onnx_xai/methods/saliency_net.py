@@ -59,7 +59,7 @@ class SaliencyNet:
         if ins[0] not in model.input_names:
             raise ValueError(f"{ins[0]!r} is not an input of the model; inputs: {model.input_names}")
         self.model_outputs = [model_outputs] if isinstance(model_outputs, str) else list(model_outputs)
-        model._check_outputs(self.model_outputs)
+        model.check_outputs(self.model_outputs)
         self.outputs = [outputs] if isinstance(outputs, str) else list(outputs)
         if len(self.outputs) != len(self.model_outputs):
             raise ValueError(f"give one saliency key per model output: outputs={self.outputs} "
