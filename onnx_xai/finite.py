@@ -70,8 +70,10 @@ def check_number(name: str, value: Any, minimum: float | None = None, maximum: f
                  *, open_min: bool = False, open_max: bool = False) -> float:
     """``value`` as a finite float in ``[minimum, maximum]`` (``open_*``: bound excluded), or
     ``ValueError`` naming ``name`` (NaN, ±inf, bools and non-numbers are rejected)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]  # a 0-d array as its scalar
     ok = (not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.number))
-          and np.isreal(value) and np.isfinite(value))
+          and not isinstance(value, np.complexfloating) and np.isfinite(value))
     if ok:
         v = float(value)
         ok = ((minimum is None or (v > minimum if open_min else v >= minimum))

@@ -286,3 +286,28 @@ def test_integer_inputs_to_a_float_model_are_value_errors(dtype):
                  lambda: GradCAM(model, "act")(x)):
         with pytest.raises(ValueError, match="expects"):
             call()
+
+
+def test_gradient_methods_on_a_fixed_batch_model_take_any_batch():
+    """Found by the CAM property: a graph exported with batch 1 made every gradient run of
+    more than one sample fail ("input 'x' has shape (1, ...); cannot fix it to (2, ...)"),
+    e.g. MATLAB's grad_cam of two channels. Rewritable graphs now become dynamic; others run
+    one sample at a time."""
+    from onnx import load_from_string, numpy_helper
+
+    from onnx_xai import SmoothGrad, grad_cam
+
+    x = np.random.default_rng(0).standard_normal((3, 1, 5, 4)).astype(np.float32)
+    pinned = load_from_string(tiny_cnn_bytes(1, 2, 2, fixed_batch=True))
+    for node in pinned.graph.node:  # Reshape to (1, -1): the batch cannot be made dynamic
+        if node.op_type == "Flatten":
+            node.op_type = "Reshape"
+            del node.attribute[:]
+            node.input.append("one_row")
+    pinned.graph.initializer.append(numpy_helper.from_array(np.array([1, -1], np.int64), "one_row"))
+    for source in (tiny_cnn_bytes(1, 2, 2, fixed_batch=True), pinned):
+        model = Model(source, threads=1, verbose=False)
+        single = np.concatenate([GradCAM(model, "act", batch_size=1)(x[i:i + 1]) for i in range(3)])
+        np.testing.assert_allclose(GradCAM(model, "act", batch_size=4)(x), single, rtol=1e-5, atol=1e-6)
+        assert grad_cam(model, x[0].transpose(1, 2, 0), [0, 1], feature_layer="act").shape == (5, 4, 2)
+        assert SmoothGrad(model, n_samples=3, verbose=False, seed=0)(x).shape == x.shape
