@@ -508,10 +508,12 @@ def input_picture(sample: Sample) -> np.ndarray:
         else _rgb(sample.display)
 
 
-def save_map(stem: Path, sample: Sample, smap: np.ndarray, meta: dict) -> dict[str, str]:
-    """Overlay PNG + raw ``.npy`` + JSON for a 2D map (``save_explanation``) or a 3D one (slice grid)."""
+def save_map(stem: Path, sample: Sample, smap: np.ndarray, meta: dict,
+             percentile: float | None = None) -> dict[str, str]:
+    """Overlay PNG + raw ``.npy`` + JSON for a 2D map (``save_explanation``) or a 3D one (slice
+    grid); ``percentile``: colours clipped at that percentile of ``|map|`` (gradient maps)."""
     if smap.ndim == 2:
-        paths = save_explanation(stem, sample.display, smap, meta)
+        paths = save_explanation(stem, sample.display, smap, meta, percentile=percentile)
         return {k: p.name for k, p in paths.items()}
     buf = io.BytesIO()
     np.save(buf, smap, allow_pickle=False)
@@ -519,7 +521,7 @@ def save_map(stem: Path, sample: Sample, smap: np.ndarray, meta: dict) -> dict[s
                              "min": float(smap.min()), "max": float(smap.max())})
     names = {k: f"{stem.name}.{k}" for k in ("png", "npy", "json")}
     record["files"] = {k: names[k] for k in ("png", "npy")}
-    png = encode_png(volume_picture(sample.display, smap))
+    png = encode_png(volume_picture(sample.display, smap, percentile=percentile))
     atomic_write_bytes(stem.with_suffix(".png"), png)
     atomic_write_bytes(stem.with_suffix(".npy"), buf.getvalue())
     atomic_write_bytes(stem.with_suffix(".json"), json.dumps(record, indent=2, default=_plain).encode())
@@ -609,7 +611,8 @@ class Explainer:
         meta = {"input": record["input"], "model": self.config.model, "method": name,
                 "prediction": record["prediction"], "target": record["target"], **out}
         with writing(stem.parent):
-            out["files"] = save_map(stem, sample, smap, meta)
+            gradient = name != "embedded" and cli_methods.get(name).kind == "gradient"
+            out["files"] = save_map(stem, sample, smap, meta, percentile=99.0 if gradient else None)
         return out
 
 

@@ -226,8 +226,9 @@ def _demo_picture(records: list[dict], methods: list[str], out: Path) -> np.ndar
         names += [(rec["methods"][m]["files"]["png"], m) for m in methods]
         tiles = []
         for file, caption in names:
-            img = cv2.resize(cv2.imread(str(base / file)), (224, 224), interpolation=cv2.INTER_AREA)
-            strip = np.full((26, 224, 3), 255, np.uint8)
+            img = cv2.imread(str(base / file))  # an overlay keeps its colour bar: scale to height 224
+            img = cv2.resize(img, (round(img.shape[1] * 224 / img.shape[0]), 224), interpolation=cv2.INTER_AREA)
+            strip = np.full((26, img.shape[1], 3), 255, np.uint8)
             cv2.putText(strip, caption[:28], (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
             tiles.append(np.vstack([img, strip]))
             tiles.append(np.full((250, 4, 3), 255, np.uint8))
