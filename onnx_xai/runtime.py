@@ -180,8 +180,9 @@ def check_threads(threads: Any) -> int | None:
 
 
 def _resolve_device(device: str) -> str:
+    device = "gpu" if device == "cuda" else device  # ONNX Runtime's / torch's name for it
     if device not in _DEVICES:
-        raise ValueError(f"device must be one of {_DEVICES}, got {device!r}")
+        raise ValueError(f"device must be one of {_DEVICES} (or 'cuda', an alias of 'gpu'), got {device!r}")
     if device == "cpu":
         return "cpu"
     works, why = cuda_status()
@@ -190,6 +191,98 @@ def _resolve_device(device: str) -> str:
     if not works and "CUDAExecutionProvider" in ort.get_available_providers():
         logger.info("device='auto': running on the CPU because %s", why)
     return "gpu" if works else "cpu"
+
+
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+#: Session config entries ``copy_session_options`` carries over (ORT cannot list the set ones).
+SESSION_CONFIG_KEYS = (
+    "session.disable_prepacking", "session.use_env_allocators", "session.load_model_format",
+    "session.save_model_format", "session.set_denormal_as_zero", "session.disable_quant_qdq",
+    "session.disable_double_qdq_remover", "session.enable_quant_qdq_cleanup",
+    "session.intra_op.allow_spinning", "session.inter_op.allow_spinning",
+    "session.force_spinning_stop", "session.use_device_allocator_for_initializers",
+    "session.dynamic_block_base", "session.strict_shape_type_inference",
+    "session.allow_released_opsets_only", "session.intra_op_thread_affinities",
+    "session.x64quantprecision", "session.graph_optimizations_loop_level",
+    "session.disable_specified_optimizers", "session.disable_aot_function_inlining",
+    "session.disable_cpu_ep_fallback", "session.qdqisint8allowed",
+    "session.use_ort_model_bytes_directly", "optimization.minimal_build_optimizations",
+    "optimization.disable_specified_optimizers", "mlas.enable_gemm_fastmath_arm64_bfloat16",
+)
+
+
+def copy_session_options(base: ort.SessionOptions | None) -> ort.SessionOptions:
+    """A fresh ``SessionOptions`` with the settings of ``base`` (ORT's cannot be copied): every
+    readable property (threads, optimisation level, execution mode, memory arena, profiling,
+    log levels, ...) and the config entries of ``SESSION_CONFIG_KEYS`` that ``base`` sets.
+    Custom-op libraries, added initializers, free-dimension overrides and providers added to
+    ``base`` cannot be read back and are not copied. None → ONNX Runtime's defaults, quiet
+    (log severity 3); a ``base`` left at the default log severity is made quiet too."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if base is None:
+        return options
+    if not isinstance(base, ort.SessionOptions):
+        raise TypeError(f"sess_options must be an onnxruntime.SessionOptions, got {type(base).__name__}")
+    default = ort.SessionOptions()
+    for name in dir(type(base)):
+        if name.startswith("_") or not isinstance(getattr(type(base), name), property):
+            continue
+        value = getattr(base, name)
+        if name == "log_severity_level" and value == default.log_severity_level:
+            continue
+        with contextlib.suppress(Exception):  # read-only or not settable in this build
+            setattr(options, name, value)
+    for key in SESSION_CONFIG_KEYS:
+        with contextlib.suppress(Exception):  # raises when the entry is not set
+            options.add_session_config_entry(key, base.get_session_config_entry(key))
+    return options
+
+
+def _provider_name(provider: Any) -> str:
+    name = provider[0] if isinstance(provider, (tuple, list)) else provider
+    if not isinstance(name, str):
+        raise ValueError(f"providers must be provider names or (name, options) pairs, got {provider!r}")
+    return name
+
+
+def resolve_providers(providers: Sequence | None, device: str) -> tuple[str, list | None]:
+    """(device, providers for sessions) from ``Model``'s ``providers`` and ``device``.
+
+    None: the device decides (``_resolve_device``). A list (names or ``(name, options)``
+    pairs, as ``InferenceSession`` takes them) decides the device: CUDA / TensorRT first →
+    ``"gpu"`` when CUDA really works; when it does not, ``DeviceError`` if ``device`` asked
+    for the GPU, else the GPU providers are dropped with a logged warning saying why (the
+    CPU runs it). ``device="cpu"`` with GPU providers first, or ``"gpu"`` without, is a
+    ``ValueError``."""
+    if providers is None:
+        return _resolve_device(device), None
+    if isinstance(providers, (str, bytes)) or not isinstance(providers, Sequence) or not providers:
+        raise ValueError(f"providers must be a non-empty list of execution providers, got {providers!r}")
+    names = [_provider_name(p) for p in providers]
+    device = "gpu" if device == "cuda" else device
+    if device not in _DEVICES:
+        raise ValueError(f"device must be one of {_DEVICES} (or 'cuda', an alias of 'gpu'), got {device!r}")
+    unknown = [n for n in names if n not in ort.get_available_providers() and n not in _GPU_PROVIDERS]
+    if unknown:
+        raise ValueError(f"execution provider(s) {unknown} are not in this onnxruntime build "
+                         f"(available: {ort.get_available_providers()})")
+    wants_gpu = names[0] in _GPU_PROVIDERS
+    if device != "auto" and wants_gpu != (device == "gpu"):
+        raise ValueError(f"device={device!r} contradicts providers={names} (the first provider "
+                         "decides the device); pass one of them")
+    providers = list(providers)
+    if wants_gpu:
+        works, why = cuda_status()
+        if not works:
+            if device == "gpu":
+                raise DeviceError(f"providers={names} ask for the GPU but {why}")
+            logger.warning("providers=%s ask for the GPU, but %s Running on the CPU.", names, why)
+            providers = [p for p in providers if _provider_name(p) not in _GPU_PROVIDERS]
+            return "cpu", providers or ["CPUExecutionProvider"]
+    if "CPUExecutionProvider" not in names:
+        providers.append("CPUExecutionProvider")  # ORT's fallback for the nodes others lack
+    return ("gpu" if wants_gpu else "cpu"), providers
 
 
 def _parse_proto(data: bytes, what: str) -> onnx.ModelProto:
@@ -238,12 +331,19 @@ class Model:
         source: path, serialized bytes, ``onnx.ModelProto``, ``onnxruntime.InferenceSession``
             (used as it is: its providers decide the device) or another ``Model``.
         device: ``"auto"`` (CUDA when it really works, else CPU), ``"cpu"`` or ``"gpu"``
-            (raises ``DeviceError`` saying what is missing when CUDA cannot be used).
-        threads: ONNX Runtime intra-op threads (None: ORT's default, all cores).
+            (``"cuda"`` is an alias; raises ``DeviceError`` saying what is missing when CUDA
+            cannot be used).
+        threads: ONNX Runtime intra-op threads (None: ``sess_options``' intra-op threads if
+            set, else ORT's default, all cores).
         input_name: the input that explanations perturb (default: the first graph input);
             other inputs are passed through unchanged with every batch.
         verbose: default for progress bars of long runs.
         io_binding: bind inputs/outputs through ``IOBinding`` (default: only on CUDA).
+        providers: ONNX Runtime's list (names or ``(name, options)`` pairs), used for every
+            session of the model; the first decides the device (``resolve_providers``:
+            CUDA / TensorRT first → GPU when CUDA works, else the CPU with a logged warning).
+        sess_options: an ``onnxruntime.SessionOptions`` whose settings every session the
+            Model builds starts from (``copy_session_options``); ``threads`` still applies.
 
     Models whose batch dimension is fixed (often 1) are rewritten to a dynamic batch when
     the graph allows it (checked: a batch of two must equal two single runs), otherwise
@@ -252,10 +352,18 @@ class Model:
 
     def __init__(self, source: ModelSource, *, device: str = "auto", threads: int | None = None,
                  input_name: str | None = None, verbose: bool = True,
-                 io_binding: bool | None = None) -> None:
+                 io_binding: bool | None = None, providers: Sequence | None = None,
+                 sess_options: ort.SessionOptions | None = None) -> None:
         if isinstance(source, Model):
             source = source.proto if source.proto is not None else source.session
+        if isinstance(source, ort.InferenceSession) and (providers is not None or sess_options is not None):
+            raise ValueError("an InferenceSession brings its own providers and options: pass the "
+                             "model's path or bytes to set providers= or sess_options=")
+        if threads is None and sess_options is not None and sess_options.intra_op_num_threads > 0:
+            threads = sess_options.intra_op_num_threads
         self.threads = check_threads(threads)
+        self._base_options = None if sess_options is None else copy_session_options(sess_options)
+        self._providers: list | None = None
         self.verbose = verbose
         self._derived: dict[tuple, Model] = {}
         self._memos: dict[str, dict] = {}
@@ -268,7 +376,7 @@ class Model:
                            onnx.load(self.path) if self.path else None)
         else:
             self._proto, self.path = _load_proto(source)
-            self.device = _resolve_device(device)
+            self.device, self._providers = resolve_providers(providers, device)
             self.session = self.new_session(self._proto)
         self.io_binding = (self.device == "gpu") if io_binding is None else bool(io_binding)
         self.inputs = [self._info(i) for i in self.session.get_inputs()]
@@ -340,14 +448,16 @@ class Model:
     def new_session(self, proto: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
         """A session on this model's device with ``threads`` (default: ``self.threads``)
         intra-op threads."""
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options = copy_session_options(getattr(self, "_base_options", None))
+        if proto is not getattr(self, "_proto", None):  # a rewritten graph never overwrites the
+            options.optimized_model_filepath = ""      # user's optimized model file
         threads = self.threads if threads is None else threads
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device == "gpu"
-                     else ["CPUExecutionProvider"])
+        providers = getattr(self, "_providers", None) or (
+            ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device == "gpu"
+            else ["CPUExecutionProvider"])
         data = proto.SerializeToString() if proto.ByteSize() < 2**31 - 1 else None
         if data is None:
             raise OnnxXaiError("models over 2 GB with external data must be loaded from their path")
