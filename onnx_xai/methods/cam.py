@@ -26,6 +26,7 @@ from ..engines.cam import (Taps, default_normalizer, default_upsampler, fc_weigh
                            forward_taps, gradient_taps, linear_resize, minmax_normalizer)
 from ..errors import NonFiniteError
 from ..finite import describe_nonfinite, warn_nonfinite
+from ..adapters.monai import model_argument
 from ..runtime import Model, ModelSource
 
 __all__ = ["CAM", "GradCAM", "GradCAMpp", "ScoreCAM", "LayerCAM", "XGradCAM", "HiResCAM",
@@ -51,11 +52,13 @@ class _CAMBase:
 
     gradients = True  # whether the rule needs dS/dA
 
-    def __init__(self, model: ModelSource, target_layers: str | Sequence[str],
+    def __init__(self, model: ModelSource = None, target_layers: str | Sequence[str] = None,
                  upsampler: Callable = default_upsampler,
-                 postprocessing: Callable = default_normalizer, batch_size: int = 8) -> None:
+                 postprocessing: Callable = default_normalizer, batch_size: int = 8, *,
+                 nn_module: ModelSource = None) -> None:
+        model = model_argument(model, nn_module, type(self).__name__)  # MONAI's name: nn_module
         self.model = model if isinstance(model, Model) else Model(model)
-        layers = [target_layers] if isinstance(target_layers, str) else list(target_layers)
+        layers = [target_layers] if isinstance(target_layers, str) else list(target_layers or ())
         if not layers or not all(isinstance(l, str) and l for l in layers):
             raise ValueError(f"target_layers must be a layer name or a sequence of them, got {target_layers!r}")
         proto = self.model.require_proto("CAM")
@@ -112,10 +115,11 @@ class CAM(_CAMBase):
 
     gradients = False
 
-    def __init__(self, model: ModelSource, target_layers: str | Sequence[str],
+    def __init__(self, model: ModelSource = None, target_layers: str | Sequence[str] = None,
                  fc_layers: str | None = "fc", upsampler: Callable = default_upsampler,
-                 postprocessing: Callable = default_normalizer, batch_size: int = 8) -> None:
-        super().__init__(model, target_layers, upsampler, postprocessing, batch_size)
+                 postprocessing: Callable = default_normalizer, batch_size: int = 8, *,
+                 nn_module: ModelSource = None) -> None:
+        super().__init__(model, target_layers, upsampler, postprocessing, batch_size, nn_module=nn_module)
         proto = self.model.require_proto("CAM")
         if fc_layers == "fc":
             try:

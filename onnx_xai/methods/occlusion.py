@@ -14,6 +14,7 @@ from scipy.special import erf
 from ..engines.occlusion import Occluder, blend, occlusion_scores
 from ..finite import check_number
 from ..kernels.occlusion import argmax_first_axis
+from ..adapters.monai import model_argument
 from ..runtime import Model, ModelSource
 from ..scores import activation, class_scores
 
@@ -70,6 +71,7 @@ class OcclusionSensitivity:
 
     Args:
         model: anything ``Model`` accepts (path, bytes, ModelProto, InferenceSession, Model);
+            ``nn_module=`` (MONAI's name) is the same argument.
             a classifier whose first output is ``(B, K)``.
         mask_size: window size, int or one per spatial dimension.
         n_batch: occluded images per inference batch.
@@ -101,9 +103,10 @@ class OcclusionSensitivity:
         * an integer ``mode`` is taken as that constant (MONAI accepts only floats).
     """
 
-    def __init__(self, model: ModelSource, mask_size: int | Sequence[int] = 16, n_batch: int = 16,
+    def __init__(self, model: ModelSource = None, mask_size: int | Sequence[int] = 16, n_batch: int = 16,
                  verbose: bool = True, mode: Mode = "gaussian", overlap: float = 0.6,
-                 activate: bool | Callable = True) -> None:
+                 activate: bool | Callable = True, *, nn_module: ModelSource = None) -> None:
+        model = model_argument(model, nn_module, "OcclusionSensitivity")  # MONAI's name: nn_module
         if isinstance(mode, str) and mode not in ("gaussian", "mean_patch", "mean_img"):
             raise ValueError(f"mode must be 'gaussian', 'mean_patch', 'mean_img', a number or a "
                              f"callable, got {mode!r}")
