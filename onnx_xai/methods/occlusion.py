@@ -71,8 +71,8 @@ class OcclusionSensitivity:
 
     Args:
         model: anything ``Model`` accepts (path, bytes, ModelProto, InferenceSession, Model);
-            ``nn_module=`` (MONAI's name) is the same argument.
-            a classifier whose first output is ``(B, K)``.
+            a classifier whose first output is ``(B, K)``. ``nn_module=`` (MONAI's name) is
+            the same argument.
         mask_size: window size, int or one per spatial dimension.
         n_batch: occluded images per inference batch.
         verbose: progress bar over windows.
