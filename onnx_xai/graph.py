@@ -22,6 +22,46 @@ def tensor_names(proto: onnx.ModelProto) -> list[str]:
     return names
 
 
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs a node carries as attributes (``If``'s branches, ``Loop`` / ``Scan`` bodies)."""
+    found = []
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            found.append(attribute.g)
+        elif attribute.type == onnx.AttributeProto.GRAPHS:
+            found.extend(attribute.graphs)
+    return found
+
+
+def node_reads(node: onnx.NodeProto) -> set[str]:
+    """Every tensor name ``node`` reads: its inputs, and the outer names its subgraphs read
+    (a subgraph reads outer tensors by name without listing them as inputs)."""
+    reads = {name for name in node.input if name}
+    for sub in subgraphs(node):
+        reads |= _captures(sub)
+    return reads
+
+
+def _captures(sub: onnx.GraphProto) -> set[str]:
+    """Outer-scope names a graph reads, through any depth of nested subgraphs."""
+    reads = {value.name for value in sub.output}  # an output may be an outer name
+    for node in sub.node:
+        reads |= node_reads(node)
+    defined = {value.name for value in sub.input} | {t.name for t in sub.initializer}
+    defined |= {name for node in sub.node for name in node.output}
+    return reads - defined - {""}
+
+
+def consumers(proto: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name → the nodes of the main graph that read it (``node_reads``), each node
+    once, in graph order."""
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in proto.graph.node:
+        for name in node_reads(node):
+            users.setdefault(name, []).append(node)
+    return users
+
+
 def closest_names(name: str, candidates: list[str], n: int = 5) -> list[str]:
     """Up to ``n`` candidates that look most like ``name`` (substring matches first)."""
     low = name.lower()
@@ -181,7 +221,7 @@ def layers(proto: onnx.ModelProto, input_shapes: dict[str, tuple] | None = None)
             continue
         info = infos.get(node.output[0])
         tt = info.type.tensor_type if info is not None else None
-        if tt is not None and tt.elem_type and tt.elem_type not in _FLOATS:
+        if tt is not None and tt.elem_type and tt.elem_type not in FLOAT_TYPES:
             continue
         shape = (tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
                  if tt is not None and tt.HasField("shape") else None)
@@ -192,11 +232,13 @@ def layers(proto: onnx.ModelProto, input_shapes: dict[str, tuple] | None = None)
 
 
 # ---------------------------------------------------------------------------- static shapes
-_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
-           onnx.TensorProto.BFLOAT16)
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+               onnx.TensorProto.BFLOAT16)  # the floating-point element types
+_FLOATS = FLOAT_TYPES  # old name, until engines/cam.py and autodiff/__init__.py read FLOAT_TYPES
 
 
-def _shape_of(value: onnx.ValueInfoProto) -> tuple | None:
+def shape_of(value: onnx.ValueInfoProto) -> tuple | None:
+    """The shape ``value`` declares: ints, None for a free or symbolic dim; None without one."""
     tt = value.type.tensor_type
     if not tt.HasField("shape"):
         return None
@@ -218,7 +260,7 @@ def static_shapes(proto: onnx.ModelProto, input_shapes: dict[str, tuple]) -> onn
         if value.name in inits or value.name not in input_shapes:
             continue
         shape = tuple(int(s) for s in input_shapes[value.name])
-        declared = _shape_of(value)
+        declared = shape_of(value)
         if declared is not None and (len(declared) != len(shape) or any(
                 d is not None and d != s for d, s in zip(declared, shape))):
             raise ValueError(f"input {value.name!r} has shape {declared}; cannot fix it to {shape}")
@@ -261,7 +303,7 @@ def _shapes_by_running(proto: onnx.ModelProto, input_shapes: dict[str, tuple],
         if value.name in inits:
             continue
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        feeds[value.name] = np.zeros(input_shapes.get(value.name) or _shape_of(value), dtype)
+        feeds[value.name] = np.zeros(input_shapes.get(value.name) or shape_of(value), dtype)
     try:
         session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
         values = session.run(names, feeds)
@@ -297,8 +339,8 @@ def _unknown_shapes(proto: onnx.ModelProto) -> list[str]:
                 missing.append(name)
                 continue
             tt = value.type.tensor_type
-            shape = _shape_of(value)
-            if tt.elem_type in _FLOATS and (shape is None or None in shape):
+            shape = shape_of(value)
+            if tt.elem_type in FLOAT_TYPES and (shape is None or None in shape):
                 missing.append(name)
     return missing
 
@@ -307,7 +349,7 @@ def tensor_shapes(proto: onnx.ModelProto) -> dict[str, tuple]:
     """Name → static shape of every tensor whose shape ``proto`` declares fully."""
     shapes = {i.name: tuple(i.dims) for i in proto.graph.initializer}
     for value in list(proto.graph.input) + list(proto.graph.value_info) + list(proto.graph.output):
-        shape = _shape_of(value)
+        shape = shape_of(value)
         if shape is not None and None not in shape:
             shapes[value.name] = shape
     return shapes
@@ -382,5 +424,5 @@ def depends_on(proto: onnx.ModelProto, sources: list[str], target: str,
     for node in proto.graph.node:
         if live.intersection(node.input):
             live.update(o for o in node.output if o and (
-                not float_only or types.get(o, onnx.TensorProto.FLOAT) in _FLOATS))
+                not float_only or types.get(o, onnx.TensorProto.FLOAT) in FLOAT_TYPES))
     return target in live

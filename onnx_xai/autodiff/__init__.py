@@ -361,14 +361,14 @@ def _prepare(model, proto, wrt, output, shapes):
     input_type = graph.tensor_types(static).get(model.input_name)
     for name in wrt:
         if name == model.input_name:
-            if input_type not in graph._FLOATS:
+            if input_type not in graph.FLOAT_TYPES:
                 raise UnsupportedModelError(
                     f"input {name!r} is not floating point: an integer/quantized input has no "
                     "gradient; export a float model")
             sources[name] = name
             continue
         tensor = graph.resolve_layer(static, name)
-        if graph.tensor_types(static).get(tensor) not in graph._FLOATS:
+        if graph.tensor_types(static).get(tensor) not in graph.FLOAT_TYPES:
             raise UnsupportedModelError(f"layer {name!r} (tensor {tensor!r}) is not floating "
                                         "point (quantized?): it has no gradient")
         probe, act = f"{tensor}__xai_probe", f"{tensor}__xai_act"

@@ -13,10 +13,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
-from onnx_ad._graph import node_reads
 from onnx_ad.fold import fold_constants
 
-from .. import graph as _graph
+from .. import graph
 
 
 def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -53,7 +52,7 @@ def _int64(proto: onnx.ModelProto, stem: str, taken: set[str], values) -> str:
 
 
 def _all_names(proto: onnx.ModelProto) -> set[str]:
-    names = set(_graph.tensor_names(proto)) | {t.name for t in proto.graph.initializer}
+    names = set(graph.tensor_names(proto)) | {t.name for t in proto.graph.initializer}
     return names | {n.name for n in proto.graph.node}
 
 
@@ -61,7 +60,7 @@ def where_to_mul(proto: onnx.ModelProto) -> onnx.ModelProto:
     """``Where(c, g, 0)`` → ``Mul(g, Cast(c))`` and ``Where(c, 0, g)`` → ``Mul(g, Cast(Not(c)))``
     for a scalar zero constant (the ReLU/Clip adjoints). Same values for finite ``g``."""
     consts = constant_values(proto)
-    shapes = _graph.tensor_shapes(proto)
+    shapes = graph.tensor_shapes(proto)
     out = _copy(proto)
     taken = _all_names(out)
     nodes = []
@@ -99,7 +98,7 @@ def dead_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
     for node in reversed(out.graph.node):
         if needed.intersection(node.output):
             kept.append(node)
-            needed |= node_reads(node)
+            needed |= graph.node_reads(node)
     del out.graph.node[:]
     out.graph.node.extend(reversed(kept))
     inits = [t for t in out.graph.initializer if t.name in needed]
@@ -120,7 +119,7 @@ def conv_transpose_to_conv(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Stride-1 ``ConvTranspose`` with a constant kernel → ``Conv`` with the kernel flipped,
     its in/out channels swapped per group, and the pads mirrored (``k_eff - 1 - pad``)."""
     consts = {t.name: t for t in proto.graph.initializer}
-    shapes = _graph.tensor_shapes(proto)
+    shapes = graph.tensor_shapes(proto)
     out = _copy(proto)
     taken = _all_names(out)
     for node in out.graph.node:
@@ -178,14 +177,11 @@ def conv_transpose_crops(proto: onnx.ModelProto) -> onnx.ModelProto:
     """A ``Slice`` that only crops the spatial axes of a ``ConvTranspose`` (its sole reader;
     onnx-ad's adjoint of an explicit ``Pad`` before a strided Conv) becomes part of the
     ConvTranspose's ``pads``: the cropped rows are never computed or copied."""
-    shapes = _graph.tensor_shapes(proto)
+    shapes = graph.tensor_shapes(proto)
     consts = constant_values(proto)
     keep = {o.name for o in proto.graph.output}
     out = _copy(proto)
-    readers: dict[str, list] = {}
-    for node in out.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = graph.consumers(out)
     dropped = set()
     for node in out.graph.node:
         if node.op_type != "ConvTranspose" or node.output[0] in keep or node.output[0] not in shapes:
@@ -244,7 +240,7 @@ def _spatial_crop(node: onnx.NodeProto, consts: dict, shape: tuple) -> tuple[lis
 def seed_transposes(proto: onnx.ModelProto) -> onnx.ModelProto:
     """A ``Transpose`` that only moves size-1 axes (onnx-ad's seed axis, always 1 here) keeps
     the memory order: replace it by a ``Reshape`` to its static output shape."""
-    shapes = _graph.tensor_shapes(proto)
+    shapes = graph.tensor_shapes(proto)
     out = _copy(proto)
     taken = _all_names(out)
     for node in out.graph.node:
@@ -278,110 +274,146 @@ def unit_axes(proto: onnx.ModelProto) -> onnx.ModelProto:
     run on the roots, and a view whose output shape is its root's becomes an Identity. Slices
     that leave a trailing size-1 axis alone are run on the root too. Values are unchanged.
     """
-    shapes = _graph.tensor_shapes(proto)
-    consts = constant_values(proto)
-    out = _copy(proto)
-    taken = _all_names(out)
-    root: dict[str, str] = {}
+    rewrite = _UnitAxes(proto)
+    for node in rewrite.out.graph.node:
+        rewrite.add(node)
+    del rewrite.out.graph.node[:]
+    rewrite.out.graph.node.extend(rewrite.nodes)
+    return dead_nodes(rewrite.out)
 
-    def base(t: str) -> str:
-        return root.get(t, t)
 
-    def scalar(t: str) -> bool:
-        return t in consts and consts[t].size == 1 and consts[t].ndim <= 1
+class _UnitAxes:
+    """The rewrite of ``unit_axes``, node by node in graph order: ``nodes`` is the new node
+    list of ``out`` (a copy of the model), ``root`` maps a tensor to the tensor of the same
+    data without its trailing size-1 axes, ``shapes`` grows with the new tensors."""
 
-    nodes = []
+    def __init__(self, proto: onnx.ModelProto) -> None:
+        self.shapes = graph.tensor_shapes(proto)
+        self.consts = constant_values(proto)
+        self.out = _copy(proto)
+        self.taken = _all_names(self.out)
+        self.root: dict[str, str] = {}
+        self.nodes: list[onnx.NodeProto] = []
 
-    def unit_root(t: str) -> None:
-        """Give ``t`` (shape ``S + (1,)``, no root yet) the root ``Reshape(t, S)``."""
-        if t in root or t not in shapes or len(shapes[t]) < 3 or shapes[t][-1] != 1 or scalar(t):
-            return
-        low, target = _fresh(out, t + "__root", taken), _int64(out, "unit_shape", taken, shapes[t][:-1])
-        nodes.append(helper.make_node("Reshape", [t, target], [low], name=low))
-        shapes[low] = tuple(shapes[t][:-1])
-        root[t] = low
-
-    for node in out.graph.node:
+    def add(self, node: onnx.NodeProto) -> None:
+        """Append ``node``, or what runs it on roots, to ``nodes``."""
         o = node.output[0] if node.output else ""
-        inp = node.input[0] if node.input else ""
-        if (node.op_type in _ELEMENTWISE | {"Expand"} and o in shapes and len(shapes[o]) >= 3
-                and shapes[o][-1] == 1):
+        if (node.op_type in _ELEMENTWISE | {"Expand"} and o in self.shapes
+                and len(self.shapes[o]) >= 3 and self.shapes[o][-1] == 1):
             for t in node.input[:1] if node.op_type == "Expand" else node.input:
-                unit_root(t)
+                self.unit_root(t)
+        if not (self.view(node) or self.expand(node) or self.slice(node) or self.elementwise(node)):
+            self.nodes.append(node)
+
+    def base(self, t: str) -> str:
+        return self.root.get(t, t)
+
+    def scalar(self, t: str) -> bool:
+        return t in self.consts and self.consts[t].size == 1 and self.consts[t].ndim <= 1
+
+    def fresh(self, stem: str) -> str:
+        return _fresh(self.out, stem, self.taken)
+
+    def int64(self, values) -> str:
+        return _int64(self.out, "unit_shape", self.taken, values)
+
+    def unit_root(self, t: str) -> None:
+        """Give ``t`` (shape ``S + (1,)``, no root yet) the root ``Reshape(t, S)``."""
+        shapes = self.shapes
+        if t in self.root or t not in shapes or len(shapes[t]) < 3 or shapes[t][-1] != 1 or self.scalar(t):
+            return
+        low, target = self.fresh(t + "__root"), self.int64(shapes[t][:-1])
+        self.nodes.append(helper.make_node("Reshape", [t, target], [low], name=low))
+        shapes[low] = tuple(shapes[t][:-1])
+        self.root[t] = low
+
+    def view(self, node: onnx.NodeProto) -> bool:
+        """A view (or an Expand to the same size) shares its input's root; it becomes an
+        Identity of the root when it has the root's shape."""
+        shapes, inp = self.shapes, node.input[0] if node.input else ""
+        o = node.output[0] if node.output else ""
         same_size = inp in shapes and o in shapes and np.prod(shapes[inp]) == np.prod(shapes[o])
-        if node.op_type in _VIEWS or (node.op_type == "Expand" and same_size):
-            if same_size and len(node.output) == 1:
-                r = base(inp)
-                if shapes.get(r) == shapes[o]:
-                    nodes.append(helper.make_node("Identity", [r], [o], name=node.name))
-                    root[o] = r
-                    continue
-                root[o] = r
-            nodes.append(node)
-            continue
-        if node.op_type == "Expand" and o in shapes and inp in shapes and base(inp) in shapes:
-            r = base(inp)
-            k = len(shapes[r])
-            if (r != inp and k < len(shapes[o]) and tuple(shapes[inp][:k]) == tuple(shapes[r])
-                    and all(d == 1 for d in shapes[inp][k:]) and all(d == 1 for d in shapes[o][k:])):
-                low = _fresh(out, o + "__root", taken)
-                target = _int64(out, "unit_shape", taken, shapes[o][:k])
-                back = _int64(out, "unit_shape", taken, shapes[o])
-                nodes += [helper.make_node("Expand", [r, target], [low], name=node.name),
-                          helper.make_node("Reshape", [low, back], [o], name=_fresh(out, "unit_view", taken))]
-                shapes[low] = tuple(shapes[o][:k])
-                root[o] = low
-                continue
-        if node.op_type == "Slice" and o in shapes and inp in shapes:
-            moved = _slice_on_root(node, shapes, consts, base(inp), out, taken)
-            if moved is not None:
-                nodes.extend(moved)
-                root[o] = moved[-2].output[0]
-                continue
-        tensors = [t for t in node.input if t and not scalar(t)]
-        roots = [base(t) for t in tensors]
+        if not (node.op_type in _VIEWS or (node.op_type == "Expand" and same_size)):
+            return False
+        if same_size and len(node.output) == 1:
+            r = self.base(inp)
+            self.root[o] = r
+            if shapes.get(r) == shapes[o]:
+                self.nodes.append(helper.make_node("Identity", [r], [o], name=node.name))
+                return True
+        self.nodes.append(node)
+        return True
+
+    def expand(self, node: onnx.NodeProto) -> bool:
+        """An Expand of a rooted tensor that only grows size-1 axes past the root's rank runs on
+        the root (then a Reshape back)."""
+        if node.op_type != "Expand":
+            return False
+        shapes, inp, o = self.shapes, node.input[0], node.output[0]
+        if o not in shapes or inp not in shapes or self.base(inp) not in shapes:
+            return False
+        r = self.base(inp)
+        k = len(shapes[r])
+        if not (r != inp and k < len(shapes[o]) and tuple(shapes[inp][:k]) == tuple(shapes[r])
+                and all(d == 1 for d in shapes[inp][k:]) and all(d == 1 for d in shapes[o][k:])):
+            return False
+        low = self.fresh(o + "__root")
+        target, back = self.int64(shapes[o][:k]), self.int64(shapes[o])
+        self.nodes += [helper.make_node("Expand", [r, target], [low], name=node.name),
+                       helper.make_node("Reshape", [low, back], [o], name=self.fresh("unit_view"))]
+        shapes[low] = tuple(shapes[o][:k])
+        self.root[o] = low
+        return True
+
+    def slice(self, node: onnx.NodeProto) -> bool:
+        """A Slice of a tensor that is its root plus trailing size-1 axes, leaving those axes
+        alone, runs on the root (then a Reshape back)."""
+        shapes, consts = self.shapes, self.consts
+        if node.op_type != "Slice" or node.output[0] not in shapes or node.input[0] not in shapes:
+            return False
+        full, low = shapes[node.input[0]], shapes.get(self.base(node.input[0]))
+        if (low is None or len(low) >= len(full) or tuple(full[:len(low)]) != tuple(low)
+                or any(d != 1 for d in full[len(low):])
+                or any(t and t not in consts for t in node.input[1:])):
+            return False
+        starts = consts[node.input[1]]
+        axes = (consts[node.input[3]] if len(node.input) > 3 and node.input[3]
+                else np.arange(len(starts)))
+        axes = np.where(axes < 0, axes + len(full), axes)
+        if (axes >= len(low)).any():
+            return False
+        axes_name = _int64(self.out, "unit_axes", self.taken, axes)
+        inputs = [self.base(node.input[0]), node.input[1], node.input[2], axes_name] + list(node.input[4:5])
+        sliced = self.fresh(node.output[0] + "__root")
+        shape_name = self.int64(shapes[node.output[0]])
+        shapes[sliced] = tuple(shapes[node.output[0]][:len(low)])
+        self.nodes += [helper.make_node("Slice", inputs, [sliced], name=node.name),
+                       helper.make_node("Reshape", [sliced, shape_name], list(node.output),
+                                        name=self.fresh("unit_view"))]
+        self.root[node.output[0]] = sliced
+        return True
+
+    def elementwise(self, node: onnx.NodeProto) -> bool:
+        """An elementwise node whose tensor inputs (size-1 constants aside) have the output's
+        shape and roots of one shape runs on the roots (then a Reshape back)."""
+        shapes, o = self.shapes, node.output[0] if node.output else ""
+        tensors = [t for t in node.input if t and not self.scalar(t)]
+        roots = [self.base(t) for t in tensors]
         if (node.op_type not in _ELEMENTWISE or len(node.output) != 1 or not tensors
                 or roots == tensors or o not in shapes
                 or any(shapes.get(t) != shapes[o] for t in tensors)
                 or len({shapes.get(r) for r in roots}) != 1 or None in {shapes.get(r) for r in roots}):
-            nodes.append(node)
-            continue
-        low = _fresh(out, o + "__root", taken)
+            return False
+        low = self.fresh(o + "__root")
         lowered = onnx.NodeProto()
         lowered.CopyFrom(node)
-        lowered.input[:] = [base(t) if t else t for t in node.input]
+        lowered.input[:] = [self.base(t) if t else t for t in node.input]
         lowered.output[:] = [low]
-        shape_name = _int64(out, "unit_shape", taken, shapes[o])
-        nodes += [lowered, helper.make_node("Reshape", [low, shape_name], [o], name=_fresh(out, "unit_view", taken))]
+        shape_name = self.int64(shapes[o])
+        self.nodes += [lowered, helper.make_node("Reshape", [low, shape_name], [o], name=self.fresh("unit_view"))]
         shapes[low] = shapes[roots[0]]
-        root[o] = low
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    return dead_nodes(out)
-
-
-def _slice_on_root(node, shapes, consts, r, out, taken):
-    """``[Slice on the root, Reshape back]`` when ``node`` slices a tensor that is its root
-    plus trailing size-1 axes and leaves those axes alone; else None."""
-    full, low = shapes[node.input[0]], shapes.get(r)
-    if (low is None or len(low) >= len(full) or tuple(full[:len(low)]) != tuple(low)
-            or any(d != 1 for d in full[len(low):])
-            or any(t and t not in consts for t in node.input[1:])):
-        return None
-    starts = consts[node.input[1]]
-    axes = (consts[node.input[3]] if len(node.input) > 3 and node.input[3]
-            else np.arange(len(starts)))
-    axes = np.where(axes < 0, axes + len(full), axes)
-    if (axes >= len(low)).any():
-        return None
-    axes_name = _int64(out, "unit_axes", taken, axes)
-    inputs = [r, node.input[1], node.input[2], axes_name] + list(node.input[4:5])
-    sliced = _fresh(out, node.output[0] + "__root", taken)
-    shape_name = _int64(out, "unit_shape", taken, shapes[node.output[0]])
-    shapes[sliced] = tuple(shapes[node.output[0]][:len(low)])
-    return [helper.make_node("Slice", inputs, [sliced], name=node.name),
-            helper.make_node("Reshape", [sliced, shape_name], list(node.output),
-                             name=_fresh(out, "unit_view", taken))]
+        self.root[o] = low
+        return True
 
 
 def conv_padding(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -398,11 +430,8 @@ def conv_padding(proto: onnx.ModelProto) -> onnx.ModelProto:
     """
     proto = fold_constants(proto)
     consts = constant_values(proto)
-    shapes = _graph.tensor_shapes(proto)
-    readers: dict[str, list] = {}
-    for node in proto.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    shapes = graph.tensor_shapes(proto)
+    readers = graph.consumers(proto)
     keep = {o.name for o in proto.graph.output}
     out = _copy(proto)
     taken = _all_names(out)
@@ -495,7 +524,7 @@ def static_shape_ops(proto: onnx.ModelProto) -> onnx.ModelProto:
     """``Size`` / ``Shape`` of statically shaped tensors become constants (then folded with
     what they feed: the 1/count of an average pool's adjoint), and a ``ReduceSum`` over
     size-1 axes only becomes a ``Reshape`` (onnx-ad sums over its seed axis)."""
-    shapes = _graph.tensor_shapes(proto)
+    shapes = graph.tensor_shapes(proto)
     consts = constant_values(proto)
     out = _copy(proto)
     taken = _all_names(out)
@@ -531,8 +560,8 @@ PASSES = (dead_nodes, where_to_mul, seed_transposes, static_shape_ops, unit_axes
 
 def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
     """``proto`` with every tensor shape inferred (inputs must be static)."""
-    shapes = {v.name: _graph._shape_of(v) for v in proto.graph.input}
-    return _graph.static_shapes(proto, {k: v for k, v in shapes.items()
+    shapes = {v.name: graph.shape_of(v) for v in proto.graph.input}
+    return graph.static_shapes(proto, {k: v for k, v in shapes.items()
                                         if v is not None and None not in v})
 
 

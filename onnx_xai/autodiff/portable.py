@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 import contextlib
-import threading
+import contextvars
+from typing import Callable, Mapping
 
 import numpy as np
 import onnx
 import onnx_ad
-from onnx_ad import rules as _rules
+from onnx_ad import rules as onnx_ad_rules
 
 from ..errors import UnsupportedModelError
 from . import passes
 
 PREFIX = "__xai_adj_"
-_REGISTRY_LOCK = threading.Lock()
 
 
 _STEP = 2.0 ** 100  # HardSigmoid slope: an exact 0/1 step for |y - bound| >= 2**-100
@@ -91,21 +91,60 @@ def _guided_clip(ctx, node, grads):
             None, None][:len(node.input)]
 
 
-_ONNX_AD = {"Relu": _rules.REVERSE["Relu"], "Clip": _rules.REVERSE["Clip"]}
-_PLAIN = {"Relu": _plain, "Clip": _plain}
-_GUIDED = {"Relu": _guided_relu, "Clip": _guided_clip}
+# ---------------------------------------------------------------------------- per-call rules
+# onnx-ad (0.3) looks its reverse rules up in one module-level table and takes no table per
+# call. So each op type we override gets, once, a dispatching rule (through onnx-ad's own
+# ``reverse_rule`` registration) that runs the rule of the table the current ``build`` call
+# passed (a context variable: per thread and per task), and onnx-ad's own rule otherwise:
+# other users of onnx-ad in the process see its rules unchanged, and no call swaps a global.
+Rule = Callable  # (ctx, node, grads) -> one adjoint contribution per node input
+_OVERRIDDEN = ("Relu", "Clip")
+_CALL_RULES: contextvars.ContextVar[Mapping[str, Rule]] = contextvars.ContextVar("onnx_xai_reverse_rules",
+                                                                                 default={})
+
+
+def _onnx_ad_rule(op_type: str) -> Rule:
+    """onnx-ad's own reverse rule for ``op_type`` (under our dispatcher, when installed)."""
+    rule = onnx_ad_rules.REVERSE[op_type]
+    return getattr(rule, "onnx_ad_rule", rule)
+
+
+def _dispatcher(op_type: str) -> Rule:
+    own = _onnx_ad_rule(op_type)
+
+    def dispatch(ctx, node, grads):
+        return _CALL_RULES.get().get(node.op_type, own)(ctx, node, grads)
+
+    dispatch.onnx_ad_rule = own
+    return dispatch
+
+
+_ONNX_AD = {op: _onnx_ad_rule(op) for op in _OVERRIDDEN}
+for _op in _OVERRIDDEN:
+    if not hasattr(onnx_ad_rules.REVERSE[_op], "onnx_ad_rule"):
+        onnx_ad_rules.reverse_rule(_op)(_dispatcher(_op))
+del _op
+
+PLAIN_RULES: Mapping[str, Rule] = {"Relu": _plain, "Clip": _plain}
+GUIDED_RULES: Mapping[str, Rule] = {"Relu": _guided_relu, "Clip": _guided_clip}
 
 
 @contextlib.contextmanager
-def _rules_for(guided: bool):
-    """onnx-ad's reverse-rule registry with our Relu / Clip rules swapped in (held under a
-    lock and restored afterwards, so other users of onnx-ad see its own rules)."""
-    with _REGISTRY_LOCK:
-        _rules.REVERSE.update(_GUIDED if guided else _PLAIN)
-        try:
-            yield
-        finally:
-            _rules.REVERSE.update(_ONNX_AD)
+def reverse_rules(table: Mapping[str, Rule]):
+    """Within the block, onnx-ad differentiates the op types of ``table`` (of ``Relu`` /
+    ``Clip``) with its rules; in this thread / task only."""
+    unknown = set(table) - set(_OVERRIDDEN)
+    if unknown:
+        raise ValueError(f"reverse rules can be replaced for {_OVERRIDDEN} only, not {sorted(unknown)}")
+    for op in table:
+        if not hasattr(onnx_ad_rules.REVERSE[op], "onnx_ad_rule"):
+            raise RuntimeError(f"onnx-ad's reverse rule for {op} was replaced after onnx_xai was "
+                               "imported; the guided / masked rules cannot be applied")
+    token = _CALL_RULES.set(dict(table))
+    try:
+        yield
+    finally:
+        _CALL_RULES.reset(token)
 
 
 def build(proto: onnx.ModelProto, sources: list[str], score: str, guided: bool = False,
@@ -116,7 +155,7 @@ def build(proto: onnx.ModelProto, sources: list[str], score: str, guided: bool =
     seed input). The seed input has shape (1,), the gradient outputs ``shape(source) + (1,)``.
     """
     try:
-        with _rules_for(guided):
+        with reverse_rules(GUIDED_RULES if guided else PLAIN_RULES):
             adj = onnx_ad.reverse(proto, inputs=sources, outputs=[score], prefix=PREFIX,
                                   dim="nadj", layout="onnx")
     except onnx_ad.UnsupportedOperator as exc:
