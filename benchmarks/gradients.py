@@ -27,7 +27,7 @@ import onnxruntime as ort
 
 from common import torch_efficientnet
 from onnx_xai import Model, assets, autodiff
-from onnx_xai.autodiff import _prepare, available_backends, gradient_model, portable
+from onnx_xai.autodiff import GradientRequest, available_backends, gradient_model, portable, score_graph
 
 LAYER = "/_swish_1/Clip"  # the head activation after the last conv (what Grad-CAM targets)
 
@@ -79,8 +79,8 @@ def one_session(model: Model, batch: int):
 def raw_portable(args, profile: bool) -> dict:
     """The onnx-ad model without passes, and the ORT profile of raw vs optimised models."""
     model, x, cls = setup(args)
-    static, sources, _ = _prepare(model, model.proto, ["input"], "logits",
-                                  {"input": (args.batch, 3, 224, 224)})
+    request = GradientRequest(("input",), "logits", (("input", (args.batch, 3, 224, 224)),))
+    static, sources, _ = score_graph(model, model.proto, request)
     result = {}
     for name, optimize in (("raw", False), ("optimized", True)):
         proto, grads, seed = portable.build(static, ["input"], "__xai_score", optimize=optimize)

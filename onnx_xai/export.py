@@ -19,7 +19,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from . import graph
-from .autodiff import SCORE, WEIGHTS, _input_shapes, _prepare, passes, portable
+from .autodiff import SCORE, WEIGHTS, GradientRequest, input_shapes, passes, portable, score_graph
 from .engines.cam import fc_weights, last_spatial_layer
 from .errors import UnsupportedModelError
 from .runtime import Model
@@ -134,8 +134,9 @@ def _gradient_core(model: Model, proto: onnx.ModelProto, wrt: str, output: str,
                    per_sample: tuple, batch: int) -> tuple[onnx.ModelProto, str, str, str]:
     """Gradient graph at ``batch`` with the seed fixed to 1 and the probe removed.
     Returns (graph, activation tensor, gradient tensor ``(B, …, 1)``, weights input)."""
-    shapes = _input_shapes(model, batch, per_sample, None)
-    static, sources, layers = _prepare(model, proto, [wrt], output, shapes)
+    shapes = input_shapes(model, batch, per_sample, None)
+    request = GradientRequest((wrt,), output, tuple(sorted(shapes.items())))
+    static, sources, layers = score_graph(model, proto, request)
     built, grads, seed = portable.build(static, list(sources.values()), SCORE)
     src = sources[wrt]
     g = built.graph

@@ -393,9 +393,11 @@ def add_probe(proto: onnx.ModelProto, tensor: str, probe: str, pre: str) -> onnx
     return out
 
 
-def add_score_head(proto: onnx.ModelProto, output: str, weights: str, score: str) -> onnx.ModelProto:
+def add_score_head(proto: onnx.ModelProto, output: str, weights: str, score: str,
+                   activation: str = "none") -> onnx.ModelProto:
     """Copy of ``proto`` with a new input ``weights`` shaped like ``output`` and a new scalar
-    output ``score = sum(output * weights)``.
+    output ``score = sum(activation(output) * weights)``; ``activation``: ``"none"``,
+    ``"softmax"`` or ``"sigmoid"`` over the class axis 1 (as ``onnx_xai.targets``).
 
     With one-hot weights per sample (times a spatial region mask for segmentation) the
     gradient of ``score`` is, sample by sample, the gradient of each sample's own target.
@@ -403,12 +405,20 @@ def add_score_head(proto: onnx.ModelProto, output: str, weights: str, score: str
     shapes, types = tensor_shapes(proto), tensor_types(proto)
     if output not in shapes:
         raise ValueError(f"the shape of output {output!r} is unknown; fix the input shapes first")
+    if activation not in ("none", "softmax", "sigmoid"):
+        raise ValueError(f"activation must be 'none', 'softmax' or 'sigmoid', got {activation!r}")
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     g = out.graph
     elem = types.get(output, onnx.TensorProto.FLOAT)
+    scored = output
+    if activation != "none":
+        scored = f"{score}/{activation}"
+        op = {"softmax": "Softmax", "sigmoid": "Sigmoid"}[activation]
+        g.node.append(onnx.helper.make_node(op, [output], [scored], name=f"{score}/{op}",
+                                            **({"axis": 1} if op == "Softmax" else {})))
     weighted = f"{score}/weighted"
-    g.node.extend([onnx.helper.make_node("Mul", [output, weights], [weighted], name=f"{score}/Mul"),
+    g.node.extend([onnx.helper.make_node("Mul", [scored, weights], [weighted], name=f"{score}/Mul"),
                    onnx.helper.make_node("ReduceSum", [weighted], [score], keepdims=0,
                                          name=f"{score}/ReduceSum")])
     g.input.append(onnx.helper.make_tensor_value_info(weights, elem, list(shapes[output])))

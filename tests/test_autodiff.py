@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx_xai import Model, UnsupportedModelError, assets
 from onnx_xai.autodiff import available_backends, cache, gradient_model, gradients, passes
+from onnx_xai.targets import RegionTarget
 
 from conftest import SmallResNet, export_onnx, randomize_bn
 
@@ -207,7 +208,7 @@ def test_segmentation_region_target(rng, backend):
     region = np.zeros((8, 8), np.float32)
     region[2:5, 3:7] = 1
     gm = gradient_model(model, batch_size=2, input_shape=(2, 8, 8), backend=backend)
-    got = gm.run(x, [1, 2], region=region)["gradients"]["x"]
+    got = gm.run(x, RegionTarget(index=[1, 2], region=region))["gradients"]["x"]
     xt = torch.tensor(x, requires_grad=True)
     y = net(xt)
     (y[0, 1] * torch.from_numpy(region)).sum().add((y[1, 2] * torch.from_numpy(region)).sum()).backward()
@@ -361,7 +362,7 @@ def test_conv_padding_gradients_equal_torch(rng, kernel, stride, pads, size, exp
             np.array([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]], np.int64), "widths"))
     proto = _model(nodes, [_vi("x", ["N", c, size, size])], [_vi("y", None)], inits)
     x = rng.standard_normal((2, c, size, size)).astype(np.float32)
-    got = gradients(Model(proto, verbose=False), x, class_idx=3, batch_size=2,
+    got = gradients(Model(proto, verbose=False), x, target=3, batch_size=2,
                     backend="portable")["gradients"]["x"]
     xt = torch.tensor(x, requires_grad=True)
     padded = torch.nn.functional.pad(xt, [pads[1], pads[3], pads[0], pads[2]])
@@ -411,10 +412,11 @@ def test_seed_transposes_pass_keeps_values(rng):
 
 
 def test_optimized_gradient_model_equals_raw_one(resnet, rng):
-    from onnx_xai.autodiff import _prepare, portable
+    from onnx_xai.autodiff import GradientRequest, portable, score_graph
 
     model = Model(resnet[1])
-    static, sources, _ = _prepare(model, model.proto, ["x", "layer4"], "y", {"x": (2, 3, 64, 64)})
+    request = GradientRequest(("x", "layer4"), "y", (("x", (2, 3, 64, 64)),))
+    static, sources, _ = score_graph(model, model.proto, request)
     raw, grads, seed = portable.build(static, list(sources.values()), "__xai_score", optimize=False)
     fast = passes.optimize(raw)
     ops = [n.op_type for n in fast.graph.node]
@@ -509,10 +511,10 @@ def test_bad_arguments_are_value_errors(tiny_cnn, rng):
     x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
     with pytest.raises(ValueError, match="out of range"):
         gm.run(x, [0, 5])
-    with pytest.raises(ValueError, match="class_idx"):
+    with pytest.raises(ValueError, match="class index"):
         gm.run(x, [0, 1, 2])
     with pytest.raises(ValueError, match="region"):
-        gm.run(x, [0, 1], region=np.ones((4, 4)))
+        gm.run(x, RegionTarget(index=[0, 1], region=np.ones((4, 4))))
     if "ort-training" not in available_backends():
         with pytest.raises(ValueError, match="onnxruntime-training"):
             gradient_model(model, backend="ort-training")

@@ -25,11 +25,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .. import graph
+from .. import graph, targets
 from ..errors import UnsupportedModelError
 from . import cache, ort_training, passes, portable
 
-__all__ = ["GradientModel", "gradient_model", "gradients", "available_backends", "BACKENDS"]
+__all__ = ["GradientModel", "GradientRequest", "gradient_model", "gradients", "score_graph",
+           "input_shapes", "available_backends", "BACKENDS", "WEIGHTS", "SCORE"]
 BACKENDS = ("auto", "portable", "ort-training")
 WEIGHTS = "__xai_target_weights"
 SCORE = "__xai_score"
@@ -53,6 +54,25 @@ def _backend(name: str) -> str:
 
 
 @dataclass(frozen=True)
+class GradientRequest:
+    """What a gradient model is built for: the names differentiated w.r.t. (``wrt``: the
+    input and/or layers), the scored ``output``, the static input ``shapes`` (name → shape,
+    the built batch first), the ``backend``, the guided-backprop rule and the activation the
+    score head applies to the output before weighting it (see ``onnx_xai.targets``)."""
+
+    wrt: tuple[str, ...]
+    output: str
+    shapes: tuple[tuple[str, tuple[int, ...]], ...]
+    backend: str = "portable"
+    guided: bool = False
+    activation: str = "none"
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self.shapes)
+
+
+@dataclass(frozen=True)
 class _Spec:
     sources: dict  # wrt name as given → graph input carrying the gradient (input or probe)
     layers: dict   # wrt name as given → activation output (layers only)
@@ -62,7 +82,7 @@ class _Spec:
 
 
 class GradientModel:
-    """A gradient model for fixed (wrt, output, batch size, shapes, backend, guided).
+    """A gradient model built for one ``GradientRequest``.
 
     Built by ``gradient_model``. ``run`` takes any number of samples (split / padded to the
     built batch size). Gradients are of ``score_b = sum(output[b] * weights[b])``, by default
@@ -75,10 +95,11 @@ class GradientModel:
     operator. A call of one run uses one session with all the threads.
     """
 
-    def __init__(self, model, proto: onnx.ModelProto, spec: _Spec, batch_size: int,
-                 shapes: dict[str, tuple], output: str, backend: str) -> None:
-        self.model, self.proto, self.spec = model, proto, spec
-        self.batch_size, self.shapes, self.output, self.backend = batch_size, shapes, output, backend
+    def __init__(self, model, proto: onnx.ModelProto, spec: _Spec, request: GradientRequest,
+                 shapes: dict[str, tuple]) -> None:
+        self.model, self.proto, self.spec, self.request = model, proto, spec, request
+        self.output, self.backend, self.activation = request.output, request.backend, request.activation
+        self.batch_size, self.shapes = request.input_shapes[model.input_name][0], shapes
         self.workers = _worker_count(model, proto)
         self._zeros = {src: np.zeros(shapes[src], np.float32) for name, src in spec.sources.items()
                        if name in spec.layers}
@@ -100,36 +121,35 @@ class GradientModel:
         """Shape of the target output for one built batch, ``(B, K, ...)``."""
         return self.shapes[WEIGHTS]
 
-    def target_weights(self, class_idx: Any, n: int, region: np.ndarray | None = None) -> np.ndarray:
-        """``(n, K, ...)`` weights: one-hot ``class_idx`` (int or ``(n,)``) times ``region``
-        (``(*spatial)`` or ``(n, *spatial)`` of the output, dense outputs only)."""
+    def target_weights(self, target: Any, out: np.ndarray | None, n: int) -> np.ndarray:
+        """``(n, K, ...)`` weights of ``target`` (a ``Target`` or a class shorthand) on the
+        output ``out`` (None where the target does not read it)."""
+        tgt = self.target(target)
         shape = (n,) + self.output_shape[1:]
-        idx = np.asarray(class_idx)
-        if idx.ndim > 1 or idx.size not in (1, n) or idx.dtype.kind not in "iu":
-            raise ValueError(f"class_idx must be an int or {n} ints, got {class_idx!r}")
-        idx = np.broadcast_to(idx.reshape(-1), (n,))
-        if ((idx < 0) | (idx >= shape[1])).any():
-            raise ValueError(f"class_idx {idx.tolist()} out of range for output {self.output!r} "
-                             f"with {shape[1]} classes")
-        w = np.zeros(shape, np.float32)
-        w[np.arange(n), idx] = 1.0
-        if region is not None:
-            region = np.asarray(region, np.float32)
-            if len(shape) < 3 or region.shape not in (shape[2:], (n,) + shape[2:]):
-                raise ValueError(f"region must have shape {shape[2:]} or {(n,) + shape[2:]} "
-                                 f"(the spatial dims of output {self.output!r}), got {region.shape}")
-            w *= region[:, None] if region.shape[0] == n and region.ndim == len(shape) - 1 else region
-        return w
+        out = np.zeros(shape, np.float32) if out is None else out
+        return np.asarray(tgt.resolve(out).weights(out), np.float32)
 
-    def run(self, x: np.ndarray, class_idx: Any = None, *, region: np.ndarray | None = None,
-            target_weights: np.ndarray | None = None,
+    def target(self, target: Any) -> targets.Target:
+        """``target`` as a ``Target`` of this model's output, checked against the score head."""
+        tgt = targets.target(target, output=self.output, activation=self.activation)
+        if tgt.output not in (None, self.output):
+            raise ValueError(f"the target reads output {tgt.output!r} but this gradient model "
+                             f"scores {self.output!r}; build one with output={tgt.output!r}")
+        if tgt.activation != self.activation:
+            raise ValueError(f"the target's activation is {tgt.activation!r} but this gradient "
+                             f"model's score head applies {self.activation!r}; build one with "
+                             f"activation={tgt.activation!r}")
+        return tgt
+
+    def run(self, x: np.ndarray, target: Any = None, *, target_weights: np.ndarray | None = None,
             extra_inputs: dict[str, Any] | None = None) -> dict[str, dict[str, np.ndarray]]:
         """Outputs, activations and gradients for ``x`` ``(N, ...)``.
 
         Args:
-            class_idx: int or ``(N,)`` ints (0-based); None: each sample's argmax class.
-            region: optional spatial mask of a dense output (segmentation).
-            target_weights: ``(N, *output.shape[1:])`` weights replacing class_idx/region.
+            target: what the gradients are of: a ``Target`` (``ClassTarget``, ``RegionTarget``,
+                ``OutputTarget``), or a class shorthand: an int or ``(N,)`` ints (0-based),
+                None: each sample's argmax class (picked inside the graph for ``(N, K)``).
+            target_weights: ``(N, *output.shape[1:])`` weights replacing ``target``.
             extra_inputs: the model's other inputs (see ``Model.predict``).
         Returns:
             ``{"outputs": {name: (N, ...)}, "activations": {layer: (N, ...)},
@@ -141,14 +161,12 @@ class GradientModel:
                              f"{self.shapes[self.model.input_name][1:]}, got {x.shape[1:]}")
         extra = self.model.check_extra_inputs(extra_inputs)
         n, b = x.shape[0], self.batch_size
-        in_graph = (target_weights is None and class_idx is None and region is None
-                    and len(self.output_shape) == 2)
-        if target_weights is None and not in_graph:
-            if class_idx is None:
-                logits = self.model.predict(x, outputs=self.output, batch_size=b, verbose=False,
-                                            extra_inputs=extra_inputs)
-                class_idx = logits.reshape(n, logits.shape[1], -1).max(-1).argmax(1)
-            target_weights = self.target_weights(class_idx, n, region)
+        tgt = None if target_weights is not None else self.target(target)
+        in_graph = tgt is not None and tgt.argmax and len(self.output_shape) == 2
+        if tgt is not None and not in_graph:
+            out = (self.model.predict(x, outputs=self.output, batch_size=b, verbose=False,
+                                      extra_inputs=extra_inputs) if tgt.needs_output else None)
+            target_weights = self.target_weights(tgt, out, n)
         if not in_graph:
             target_weights = np.asarray(target_weights, np.float32)
             if target_weights.shape != (n,) + self.output_shape[1:]:
@@ -252,7 +270,7 @@ def _argmax_head(proto: onnx.ModelProto, output: str, n_classes: int) -> onnx.Mo
     return out
 
 
-def _input_shapes(model, batch_size: int, input_shape: Sequence[int] | None,
+def input_shapes(model, batch_size: int, input_shape: Sequence[int] | None,
                   extra_shapes: dict | None) -> dict[str, tuple]:
     shapes = {}
     for info in model.inputs:
@@ -288,7 +306,8 @@ def _run_batch_size(model, proto: onnx.ModelProto, shapes: dict[str, tuple], bat
 def gradient_model(model, wrt: str | Sequence[str] | None = None, *, output: str | None = None,
                    batch_size: int = 1, input_shape: Sequence[int] | None = None,
                    extra_shapes: dict[str, Sequence[int]] | None = None, backend: str = "auto",
-                   guided: bool = False, use_cache: bool = True) -> GradientModel:
+                   guided: bool = False, activation: str = "none",
+                   use_cache: bool = True) -> GradientModel:
     """Build (or fetch from the Model / disk cache) a gradient model.
 
     Args:
@@ -302,28 +321,29 @@ def gradient_model(model, wrt: str | Sequence[str] | None = None, *, output: str
         input_shape: per-sample shape ``(C, H, W[, D])`` where the model's input has free dims.
         backend: ``"auto"``, ``"portable"`` or ``"ort-training"``.
         guided: guided-backprop rule on ReLU and Clip(0, max) (ReLU6).
+        activation: ``"none"``, ``"softmax"`` or ``"sigmoid"`` over the output's class axis
+            before the target weights (a ``Target``'s ``activation``).
     """
     from ..runtime import Model
 
     model = model if isinstance(model, Model) else Model(model)
-    proto = model.require_proto("gradients")
     wrt = [model.input_name] if wrt is None else [wrt] if isinstance(wrt, str) else list(wrt)
     if not wrt or len(set(wrt)) != len(wrt) or not all(isinstance(w, str) for w in wrt):
         raise ValueError(f"wrt must be distinct names of the input and/or layers, got {wrt!r}")
     output = model.check_class_output(output)
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = targets.positive_int("batch_size", batch_size)
     backend = _backend(backend)
-    shapes = _input_shapes(model, 1, input_shape, extra_shapes)
-    batch_size = _usable_batch(model, int(batch_size), shapes)
+    shapes = input_shapes(model, 1, input_shape, extra_shapes)
+    batch_size = _usable_batch(model, batch_size, shapes)
     proto = model.require_proto("gradients")  # rewritten when the batch was made dynamic
-    shapes = _input_shapes(model, _run_batch_size(model, proto, shapes, batch_size),
-                           input_shape, extra_shapes)
-    key = (tuple(wrt), output, tuple(sorted(shapes.items())), backend, bool(guided))
+    shapes = input_shapes(model, _run_batch_size(model, proto, shapes, batch_size),
+                          input_shape, extra_shapes)
+    request = GradientRequest(tuple(wrt), output, tuple(sorted(shapes.items())), backend,
+                              bool(guided), targets.activation(activation))
     memo = model.memo("gradient_models")
-    if key not in memo:
-        memo[key] = _build(model, proto, wrt, output, shapes, backend, bool(guided), use_cache)
-    return memo[key]
+    if request not in memo:
+        memo[request] = _build(model, proto, request, use_cache)
+    return memo[request]
 
 
 def _usable_batch(model, batch_size: int, shapes: dict[str, tuple]) -> int:
@@ -341,22 +361,28 @@ def _usable_batch(model, batch_size: int, shapes: dict[str, tuple]) -> int:
 
 
 def gradients(model, x: np.ndarray, wrt: str | Sequence[str] | None = None,
-              class_idx: Any = None, *, batch_size: int = 8, **options) -> dict:
-    """One-shot ``gradient_model(model, wrt, ...).run(x, class_idx)`` (see both)."""
-    run_keys = ("region", "target_weights", "extra_inputs")
+              target: Any = None, *, batch_size: int = 8, **options) -> dict:
+    """One-shot ``gradient_model(model, wrt, ...).run(x, target)`` (see both)."""
+    run_keys = ("target_weights", "extra_inputs")
     run_args = {k: options.pop(k) for k in run_keys if k in options}
     from ..runtime import Model
 
     model = model if isinstance(model, Model) else Model(model)
     x = model.check_input(x)
+    if isinstance(target, targets.Target) and "activation" not in options:
+        options["activation"] = target.activation
     gm = gradient_model(model, wrt, batch_size=min(batch_size, x.shape[0]),
                         input_shape=options.pop("input_shape", x.shape[1:]), **options)
-    return gm.run(x, class_idx, **run_args)
+    return gm.run(x, target, **run_args)
 
 
-def _prepare(model, proto, wrt, output, shapes):
-    """Static shapes, probes on layers, score head; (proto, sources, layers)."""
-    static = graph.static_shapes(proto, shapes)
+def score_graph(model, proto: onnx.ModelProto, request: GradientRequest
+                ) -> tuple[onnx.ModelProto, dict[str, str], dict[str, str]]:
+    """``proto`` at the request's static shapes with a zero probe on each layer of ``wrt``
+    and the score head ``score = Σ weights · activation(output)``, ready to differentiate.
+    Returns (graph, wrt name → gradient source, layer → exposed activation)."""
+    wrt, output = request.wrt, request.output
+    static = graph.static_shapes(proto, request.input_shapes)
     sources, layers = {}, {}
     input_type = graph.tensor_types(static).get(model.input_name)
     for name in wrt:
@@ -377,7 +403,7 @@ def _prepare(model, proto, wrt, output, shapes):
         static = graph.add_probe(static, tensor, probe, act)
         sources[name], layers[name] = probe, act
     static = passes.conv_padding(static)
-    static = graph.add_score_head(static, output, WEIGHTS, SCORE)
+    static = graph.add_score_head(static, output, WEIGHTS, SCORE, request.activation)
     for name, src in sources.items():
         if not graph.depends_on(static, [src], SCORE):
             what = "input" if src == name else "layer"
@@ -404,33 +430,33 @@ def _cached_spec(built: onnx.ModelProto, sources, layers, outputs) -> _Spec | No
     return _Spec(sources, layers, tuple(outputs), grads, m.get("seed"))
 
 
-def _build(model, proto, wrt, output, shapes, backend, guided, use_cache) -> GradientModel:
-    static, sources, layers = _prepare(model, proto, wrt, output, shapes)
+def _build(model, proto: onnx.ModelProto, request: GradientRequest, use_cache: bool) -> GradientModel:
+    static, sources, layers = score_graph(model, proto, request)
     all_shapes = graph.tensor_shapes(static)
     run_shapes = {s: all_shapes[s] for s in sources.values()} | {WEIGHTS: all_shapes[WEIGHTS]}
-    run_shapes.update(shapes)
+    run_shapes.update(request.input_shapes)
     digest = None
     if use_cache:
-        digest = cache.key(model=model.digest, backend=backend, wrt=wrt, output=output,
-                           shapes=sorted(shapes.items()), guided=guided)
+        digest = cache.key(model=model.digest, wrt=list(request.wrt), output=request.output,
+                           shapes=list(request.shapes), backend=request.backend,
+                           guided=request.guided, activation=request.activation)
         built = cache.load(digest)
         spec = None if built is None else _cached_spec(built, sources, layers, model.output_names)
         if spec is not None:
-            return GradientModel(model, built, spec, shapes[model.input_name][0],
-                                 run_shapes, output, backend)
+            return GradientModel(model, built, spec, request, run_shapes)
         if built is not None:  # verified bytes, yet not a gradient model of these sources
             cache.logger.warning("gradient cache: entry %s does not fit this request; rebuilding",
                                  digest)
             cache.remove(digest)
     srcs = list(sources.values())
-    if backend == "portable":
-        built, grads, seed = portable.build(static, srcs, SCORE, guided=guided)
+    if request.backend == "portable":
+        built, grads, seed = portable.build(static, srcs, SCORE, guided=request.guided)
     else:
-        built, grads = ort_training.build(static, srcs, SCORE, guided=guided,
+        built, grads = ort_training.build(static, srcs, SCORE, guided=request.guided,
                                           keep=list(model.output_names) + list(layers.values()))
         seed = None
     spec = _Spec(sources, layers, tuple(model.output_names), grads, seed)
     if digest is not None:
         onnx.helper.set_model_props(built, {_META: json.dumps({"grads": grads, "seed": seed})})
         cache.store(digest, built)
-    return GradientModel(model, built, spec, shapes[model.input_name][0], run_shapes, output, backend)
+    return GradientModel(model, built, spec, request, run_shapes)

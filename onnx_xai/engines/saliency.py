@@ -9,11 +9,13 @@ gets back per image.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from .. import targets
 from ..autodiff import gradient_model
 from ..errors import NonFiniteError
 from ..finite import check_finite_output, check_number, finite_rows, warn_nonfinite
@@ -22,31 +24,6 @@ from ..runtime import Model
 #: Captum's integration rules (``captum.attr._utils.approximation_methods``).
 IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right",
               "riemann_middle")
-
-
-def as_model(model: Any) -> Model:
-    return model if isinstance(model, Model) else Model(model)
-
-
-def check_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_float(name: str, value: Any, minimum: float = 0.0) -> float:
-    """A finite number >= ``minimum`` (NaN and ±inf rejected), see ``finite.check_number``."""
-    return check_number(name, value, minimum)
-
-
-def class_indices(index: Any, n: int) -> np.ndarray | None:
-    """``index`` (None, int or ``(n,)`` ints) as None or an ``(n,)`` int64 array."""
-    if index is None:
-        return None
-    idx = np.asarray(index)
-    if idx.dtype.kind not in "iu" or idx.ndim > 1 or idx.size not in (1, n):
-        raise ValueError(f"index must be None, an int or {n} ints (one per sample), got {index!r}")
-    return np.broadcast_to(idx.reshape(-1), (n,)).astype(np.int64)
 
 
 def ig_alphas_weights(n_steps: int, method: str) -> tuple[np.ndarray, np.ndarray]:
@@ -98,22 +75,47 @@ def _extras_for(extra: dict[str, np.ndarray], model: Model, n_images: int,
     return out
 
 
-def sample_gradients(model: Model, x: np.ndarray, n_per_image: int,
-                     make: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                     index: np.ndarray | None = None, *, guided: bool = False,
-                     batch_size: int = 16, output: str | None = None,
-                     extra_inputs: dict[str, Any] | None = None, verbose: bool = False,
-                     desc: str = "gradients", nonfinite: str = "error",
-                     unit: str = "samples") -> Iterator[tuple[np.ndarray, np.ndarray, dict]]:
-    """Input gradients at ``n_per_image`` samples of each image of ``x`` ``(N, ...)``.
+@dataclass(frozen=True)
+class GradientSource:
+    """What ``sample_gradients`` needs of a gradient method (the methods are such objects)."""
 
-    ``make(images, steps)`` returns the samples ``(m, ...)`` for image ``images[i]``, sample
-    ``steps[i]`` (both ``(m,)`` ints). ``index``: ``(N,)`` class per image, or None for the
-    argmax of each sample. Yields ``(images, steps, result)`` per batch, ``result`` as
-    ``GradientModel.run`` returns it (``result["gradients"][input]`` is ``(m, ...)``) plus
-    ``result["finite"]`` ``(m,)`` bool: whether the sample's output and gradients are finite.
+    model: Model
+    output: str | None = None
+    guided: bool = False
+    batch_size: int = 16
 
-    ``nonfinite`` — what a sample whose explained output or gradient holds NaN / inf does:
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a method samples each image: ``n`` samples built by ``make(images, steps)`` (the
+    samples ``(m, ...)`` for image ``images[i]``, sample ``steps[i]``), what a non-finite
+    sample does (``nonfinite``, see ``sample_gradients``), and the progress bar's labels."""
+
+    n: int
+    make: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    nonfinite: str = "error"
+    desc: str = "gradients"
+    unit: str = "samples"
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        if self.nonfinite not in ("error", "refuse", "drop"):
+            raise ValueError(f"nonfinite must be 'error', 'refuse' or 'drop', got {self.nonfinite!r}")
+
+
+def sample_gradients(method: Any, x: np.ndarray, sampling: Sampling, target: targets.Target,
+                     extra_inputs: dict[str, Any] | None = None
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray, dict]]:
+    """Input gradients of ``target`` at ``sampling.n`` samples of each image of ``x`` ``(N, ...)``.
+
+    ``method``: a gradient method (its ``model``, ``output``, ``guided`` and ``batch_size``).
+    ``target``: the plain argmax ``ClassTarget`` explains each sample's own top class; any
+    other target is resolved on ``x`` (the class or region chosen there holds for all its
+    samples). Yields ``(images, steps, result)`` per batch, ``result`` as
+    ``GradientModel.run`` returns it plus ``result["finite"]`` ``(m,)`` bool: whether the
+    sample's output and gradients are finite.
+
+    ``sampling.nonfinite`` — what a sample whose output or gradient holds NaN / inf does:
     ``"error"`` (the samples are the unperturbed images): ``NonFiniteError`` naming the
     output; ``"refuse"`` (perturbed samples the map cannot do without, e.g. path points):
     ``NonFiniteError`` naming the image and ``unit``; ``"drop"`` (perturbed samples the map
@@ -121,41 +123,47 @@ def sample_gradients(model: Model, x: np.ndarray, n_per_image: int,
     run, one ``NonFiniteWarning`` gives the count, and an image none of whose samples is
     finite raises ``NonFiniteError``.
     """
-    if nonfinite not in ("error", "refuse", "drop"):
-        raise ValueError(f"nonfinite must be 'error', 'refuse' or 'drop', got {nonfinite!r}")
+    model = method.model
     extra = model.check_extra_inputs(extra_inputs)
-    n_images = x.shape[0]
+    n_images, n_per_image = x.shape[0], sampling.n
     total = n_images * n_per_image
-    b = _balanced(total, batch_size)
+    b = _balanced(total, method.batch_size)
     extra_shapes = {k: v.shape[1:] for k, v in extra.items()
                     if v.ndim == len(next(i for i in model.inputs if i.name == k).shape)}
-    gm = gradient_model(model, output=output, batch_size=b, input_shape=x.shape[1:],
-                        extra_shapes=extra_shapes or None, guided=guided)
+    gm = gradient_model(model, output=method.output, batch_size=b, input_shape=x.shape[1:],
+                        extra_shapes=extra_shapes or None, guided=method.guided,
+                        activation=target.activation)
+    if not target.argmax:
+        out = (model.predict(x, outputs=gm.output, batch_size=gm.batch_size, extra_inputs=extra_inputs,
+                             verbose=False) if target.needs_output
+               else np.zeros((n_images,) + gm.output_shape[1:], np.float32))
+        target = gm.target(target).resolve(out)
     chunk = gm.workers * gm.batch_size  # a chunk keeps every worker busy to its end
     b = min(total, -(-b // chunk) * chunk)
     finite = np.zeros(n_images, np.int64)
-    with tqdm(total=total, desc=desc, unit="sample", disable=not verbose, leave=False) as bar:
+    with tqdm(total=total, desc=sampling.desc, unit="sample", disable=not sampling.verbose,
+              leave=False) as bar:
         for start in range(0, total, b):
             flat = np.arange(start, min(start + b, total))
             images, steps = flat // n_per_image, flat % n_per_image
-            samples = np.ascontiguousarray(make(images, steps), dtype=x.dtype)
-            res = gm.run(samples, None if index is None else index[images],
+            samples = np.ascontiguousarray(sampling.make(images, steps), dtype=x.dtype)
+            res = gm.run(samples, target.select(images),
                          extra_inputs=_extras_for(extra, model, n_images, images))
-            _check_samples(res, gm.output, images, steps, nonfinite, desc, unit, n_per_image)
+            _check_samples(res, gm.output, images, steps, sampling)
             np.add.at(finite, images, res["finite"])
             yield images, steps, res
             bar.update(len(flat))
-    if nonfinite == "drop":
+    if sampling.nonfinite == "drop":
         if (finite == 0).any():
-            raise NonFiniteError(f"{desc}: the model's output {gm.output!r} or its gradient is not "
-                                 f"finite (NaN or inf) for every one of the {n_per_image} {unit} of "
-                                 f"image {int(np.argmin(finite))}; no map can be made")
-        warn_nonfinite(desc, int(total - finite.sum()), total, unit,
+            raise NonFiniteError(f"{sampling.desc}: the model's output {gm.output!r} or its gradient is "
+                                 f"not finite (NaN or inf) for every one of the {n_per_image} "
+                                 f"{sampling.unit} of image {int(np.argmin(finite))}; no map can be made")
+        warn_nonfinite(sampling.desc, int(total - finite.sum()), total, sampling.unit,
                        "the map averages the finite ones", stacklevel=4)
 
 
 def _check_samples(res: dict, output: str, images: np.ndarray, steps: np.ndarray,
-                   nonfinite: str, desc: str, unit: str, n_per_image: int) -> None:
+                   sampling: Sampling) -> None:
     """Set ``res["finite"]``; apply the ``nonfinite`` rule of ``sample_gradients``."""
     out = res["outputs"][output]
     ok = finite_rows(out)
@@ -165,6 +173,7 @@ def _check_samples(res: dict, output: str, images: np.ndarray, steps: np.ndarray
     if ok.all():
         return
     first = int(np.argmin(ok))
+    nonfinite, desc, unit, n_per_image = sampling.nonfinite, sampling.desc, sampling.unit, sampling.n
     if nonfinite == "error":
         image = int(images[first])
         check_finite_output(out[first], f"output {output!r}", f"image {image} of the input")

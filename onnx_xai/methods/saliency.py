@@ -22,15 +22,19 @@ from typing import Any, Union
 
 import numpy as np
 
-from ..engines.saliency import (add_per_image, as_model, check_float, check_int,
-                                class_indices, ig_alphas_weights, sample_gradients)
+from .. import targets
+from ..engines.saliency import Sampling, add_per_image, ig_alphas_weights, sample_gradients
 from ..errors import NonFiniteError
 from ..finite import check_finite_array, check_finite_output
+from ..registry import method
 from ..runtime import ModelSource
 
 Baseline = Union[str, float, np.ndarray]
+_BATCH = {"batch": "batch_size"}
+_NOISY = {"batch": "batch_size", "samples": "n_samples", "seed": "seed"}
 
 
+@method("vanilla", kind="gradient", summary="input gradient of the target score", flags=_BATCH, signed=True)
 class VanillaGrad:
     """d score / d x (signed), as ``monai.visualize.VanillaGrad``.
 
@@ -38,32 +42,38 @@ class VanillaGrad:
         model: anything ``Model`` accepts; a classifier with output ``(B, K)``.
         batch_size: most samples per gradient run (CPU runs are cut to cache size, see
             ``autodiff.RUN_BYTES``). output: the output read (default: the first).
+
+    ``index`` of a call: None (each image's argmax class), an int, one int per image, or any
+    ``onnx_xai.targets`` target (a class through softmax, a region of a dense output, ...).
     """
 
     guided = False
 
     def __init__(self, model: ModelSource, *, batch_size: int = 16, output: str | None = None) -> None:
-        self.model = as_model(model)
-        self.batch_size = check_int("batch_size", batch_size)
+        self.model = targets.as_model(model)
+        self.batch_size = targets.positive_int("batch_size", batch_size)
         self.output = self.model.check_class_output(output)
 
-    def _grads(self, x, n, make, index, extra, desc="gradients", verbose=False, nonfinite="error",
-               unit="samples"):
-        return sample_gradients(self.model, x, n, make, index, guided=self.guided,
-                                batch_size=self.batch_size, output=self.output,
-                                extra_inputs=extra, verbose=verbose, desc=desc,
-                                nonfinite=nonfinite, unit=unit)
+    def target(self, index: Any) -> targets.Target:
+        """``index`` (a class shorthand or a ``Target``) as a ``Target`` of this method's output."""
+        return targets.target(index, output=self.output)
 
     def __call__(self, x: np.ndarray, index: Any = None, **extra_inputs) -> np.ndarray:
-        """``(N, C, *spatial)`` gradients of each image's class score (index None: argmax)."""
+        """``(N, C, *spatial)`` gradients of each image's target score."""
         x = self.model.check_input(x)
-        idx = class_indices(index, x.shape[0])
         out = np.empty_like(x)
-        for images, _, res in self._grads(x, 1, lambda i, _: x[i], idx, extra_inputs):
+        sampling = Sampling(1, lambda i, _: x[i])
+        for images, _, res in sample_gradients(self, x, sampling, self.target(index), extra_inputs):
             out[images] = res["gradients"][self.model.input_name]
         return out
 
+    @staticmethod
+    def graph_rule(b: Any, taps: Any) -> str:
+        """Export: the saliency is the input gradient itself."""
+        return b.op("Identity", [taps.gradients])
 
+
+@method("guided", kind="gradient", summary="guided backpropagation", flags=_BATCH, signed=True)
 class GuidedBackpropGrad(VanillaGrad):
     """Guided backprop (``monai.visualize.GuidedBackpropGrad``): every ReLU / ReLU6 (Clip(0, m))
     passes back only positive gradients where its input is positive. MONAI swaps only
@@ -72,6 +82,8 @@ class GuidedBackpropGrad(VanillaGrad):
     guided = True
 
 
+@method("smoothgrad", kind="gradient", summary="SmoothGrad (MONAI: magnitude of noisy gradients)",
+        flags=_NOISY, defaults={"n_samples": 25})
 class SmoothGrad(VanillaGrad):
     """``monai.visualize.SmoothGrad``: gradients at ``n_samples`` noisy copies of each image.
 
@@ -90,14 +102,13 @@ class SmoothGrad(VanillaGrad):
                  magnitude: bool = True, verbose: bool = True, *, seed: int | None = None,
                  batch_size: int = 16, output: str | None = None) -> None:
         super().__init__(model, batch_size=batch_size, output=output)
-        self.stdev_spread = check_float("stdev_spread", stdev_spread)
-        self.n_samples = check_int("n_samples", n_samples)
+        self.stdev_spread = targets.check_number("stdev_spread", stdev_spread, 0.0)
+        self.n_samples = targets.positive_int("n_samples", n_samples)
         self.magnitude, self.verbose, self.seed = bool(magnitude), verbose, seed
 
     def __call__(self, x: np.ndarray, index: Any = None, **extra_inputs) -> np.ndarray:
         """``(N, C, *spatial)`` smoothed gradients."""
         x = self.model.check_input(x)
-        idx = class_indices(index, x.shape[0])
         axes = tuple(range(1, x.ndim))
         std = (self.stdev_spread * (x.max(axes) - x.min(axes))).astype(x.dtype)
         rng = np.random.default_rng(self.seed)
@@ -114,8 +125,8 @@ class SmoothGrad(VanillaGrad):
         check_finite_output(fx, f"output {self.output or self.model.output_names[0]!r}")
         total = np.zeros(x.shape, np.float64)
         count = np.zeros(x.shape[0], np.int64)
-        for images, _, res in self._grads(x, self.n_samples, noisy, idx, extra_inputs,
-                                          type(self).__name__, self.verbose, "drop", "noisy samples"):
+        sampling = Sampling(self.n_samples, noisy, "drop", type(self).__name__, "noisy samples", self.verbose)
+        for images, _, res in sample_gradients(self, x, sampling, self.target(index), extra_inputs):
             g = res["gradients"][self.model.input_name].astype(np.float64)  # 0 where not finite
             add_per_image(total, images, g * g if self.magnitude else g)
             np.add.at(count, images, res["finite"])
@@ -124,12 +135,15 @@ class SmoothGrad(VanillaGrad):
         return (total / count.reshape((-1,) + (1,) * len(axes))).astype(x.dtype)
 
 
+@method("guided-smoothgrad", kind="gradient", summary="SmoothGrad of guided backpropagation",
+        flags=_NOISY, defaults={"n_samples": 25})
 class GuidedBackpropSmoothGrad(SmoothGrad):
     """``SmoothGrad`` of guided-backprop gradients (``monai.visualize.GuidedBackpropSmoothGrad``)."""
 
     guided = True
 
 
+@method("inputxgrad", kind="gradient", summary="input x gradient (Captum)", flags=_BATCH, signed=True)
 class InputXGradient(VanillaGrad):
     """``captum.attr.InputXGradient``: x · d score / d x."""
 
@@ -137,7 +151,15 @@ class InputXGradient(VanillaGrad):
         x = self.model.check_input(x)
         return x * super().__call__(x, index, **extra_inputs)
 
+    @staticmethod
+    def graph_rule(b: Any, taps: Any) -> str:
+        """Export: input times its gradient."""
+        return b.op("Mul", [taps.activations, taps.gradients])
 
+
+@method("ig", kind="gradient", summary="integrated gradients (Captum; zero baseline)",
+        flags={"steps": "n_steps", "seed": "seed", "batch": "internal_batch_size"},
+        defaults={"n_steps": 50}, signed=True)
 class IntegratedGradients(VanillaGrad):
     """``captum.attr.IntegratedGradients``: (x − b) · Σ_i w_i ∇f(b + α_i (x − b)).
 
@@ -161,7 +183,7 @@ class IntegratedGradients(VanillaGrad):
             raise ValueError(f"baseline must be 'zeros', 'uniform', a number or an array, got {baseline!r}")
         if not isinstance(baseline, str):
             baseline = check_finite_array("baseline", baseline)
-        self.n_steps = check_int("n_steps", n_steps)
+        self.n_steps = targets.positive_int("n_steps", n_steps)
         self.alphas, self.weights = ig_alphas_weights(self.n_steps, method)
         self.baseline, self.method, self.seed, self.verbose = baseline, method, seed, verbose
 
@@ -186,12 +208,11 @@ class IntegratedGradients(VanillaGrad):
     def __call__(self, x: np.ndarray, index: Any = None, return_convergence_delta: bool = False,
                  **extra_inputs) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """``(N, C, *spatial)`` attributions; with ``return_convergence_delta`` also Captum's
-        ``(N,)`` delta = Σ attributions − (f(x) − f(baseline)) for the explained class."""
+        ``(N,)`` delta = Σ attributions − (f(x) − f(baseline)) for the explained target."""
         x = self.model.check_input(x)
-        idx = class_indices(index, x.shape[0])
-        fx = self._scores(x, extra_inputs)  # f(x): the class, the delta, and checked finite
-        check_finite_output(fx, f"output {self.output or self.model.output_names[0]!r}")
-        idx = fx.argmax(1) if idx is None else idx
+        fx = self._outputs(x, extra_inputs)  # f(x): the target, the delta, and checked finite
+        check_finite_output(fx, f"output {self.output!r}")
+        target = self.target(index).resolve(fx)  # None: each image's top class at x
         base = self.baselines(x)
         diff = x - base
         alphas = self.alphas.astype(x.dtype)
@@ -200,23 +221,19 @@ class IntegratedGradients(VanillaGrad):
             return base[images] + alphas[steps].reshape((-1,) + (1,) * (x.ndim - 1)) * diff[images]
 
         total = np.zeros(x.shape, np.float64)
-        for images, steps, res in self._grads(x, self.n_steps, path, idx, extra_inputs,
-                                              "IntegratedGradients", self.verbose, "refuse",
-                                              "path points"):
+        sampling = Sampling(self.n_steps, path, "refuse", "IntegratedGradients", "path points", self.verbose)
+        for images, steps, res in sample_gradients(self, x, sampling, target, extra_inputs):
             g = res["gradients"][self.model.input_name].astype(np.float64)
             add_per_image(total, images, g * self.weights[steps].reshape((-1,) + (1,) * (x.ndim - 1)))
         attr = (total * diff).astype(x.dtype)
         if not return_convergence_delta:
             return attr
-        rows = np.arange(x.shape[0])
-        fb = self._scores(base, extra_inputs)
-        if not np.isfinite(fb[rows, idx]).all():
+        fb = target(self._outputs(base, extra_inputs))
+        if not np.isfinite(fb).all():
             raise NonFiniteError("IntegratedGradients: the model's output is not finite (NaN or "
                                  "inf) at the baseline: the convergence delta cannot be computed")
-        gap = fx[rows, idx] - fb[rows, idx]
-        return attr, attr.reshape(len(x), -1).sum(1, dtype=np.float64) - gap
+        return attr, attr.reshape(len(x), -1).sum(1, dtype=np.float64) - (target(fx) - fb)
 
-    def _scores(self, x, extra):
-        out = self.model.predict(x, outputs=self.output, batch_size=self.batch_size,
-                                 extra_inputs=extra, verbose=False)
-        return out.reshape(out.shape[0], out.shape[1], -1).max(-1)
+    def _outputs(self, x, extra):
+        return self.model.predict(x, outputs=self.output, batch_size=self.batch_size,
+                                  extra_inputs=extra, verbose=False)

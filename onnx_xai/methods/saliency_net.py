@@ -19,7 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..engines.saliency import add_per_image, as_model, check_float, check_int, sample_gradients
+from .. import targets
+from ..engines.saliency import GradientSource, Sampling, add_per_image, sample_gradients
 from ..runtime import Model, ModelSource
 
 TARGET_KEY = "SaliencyNet_Target_Index_{}"
@@ -52,7 +53,7 @@ class SaliencyNet:
     def __init__(self, model: ModelSource, model_inputs: str | Sequence[str],
                  model_outputs: str | Sequence[str], outputs: str | Sequence[str] = "saliency", *,
                  batch_size: int = 16, seed: int | None = None) -> None:
-        model = as_model(model)
+        model = targets.as_model(model)
         ins = [model_inputs] if isinstance(model_inputs, str) else list(model_inputs)
         if len(ins) != 1:
             raise ValueError(f"SaliencyNet explains one input; got model_inputs={model_inputs!r}")
@@ -68,7 +69,7 @@ class SaliencyNet:
             model = Model(model, device=model.device, threads=model.threads, input_name=ins[0],
                           verbose=model.verbose)
         self.model, self.model_input = model, ins[0]
-        self.batch_size = check_int("batch_size", batch_size)
+        self.batch_size = targets.positive_int("batch_size", batch_size)
         self.rng = np.random.default_rng(seed)
 
     # ------------------------------------------------------------------ plumbing
@@ -77,27 +78,30 @@ class SaliencyNet:
             raise ValueError(f"batch must be a dict holding the input {self.model_input!r}")
         x = self.model.check_input(batch[self.model_input])
         extra = {k: v for k, v in batch.items() if k in self.model.input_names and k != self.model_input}
-        targets = {}
+        classes = {}
         for out in self.model_outputs:
             t = batch.get(TARGET_KEY.format(out))
             if t is not None and np.size(t):
                 t = np.asarray(t)
                 if t.dtype.kind not in "iu" or t.shape not in ((), (len(x),)):
                     raise ValueError(f"{TARGET_KEY.format(out)} must be an int or {len(x)} ints, got {t!r}")
-                targets[out] = np.broadcast_to(t, (len(x),)).astype(np.int64)
-        return x, extra, targets
+                classes[out] = np.broadcast_to(t, (len(x),)).astype(np.int64)
+        return x, extra, classes
 
-    def _grads(self, x, n, make, targets, extra, nonfinite="error"):
+    def _sample(self, x, sampling, out, classes, extra):
+        """``sample_gradients`` of output ``out`` for ``classes`` (None: each sample's argmax)."""
+        source = GradientSource(self.model, out, False, self.batch_size)
+        return sample_gradients(source, x, sampling, targets.target(classes, output=out), extra)
+
+    def _grads(self, x, n, make, classes, extra, nonfinite="error"):
         """{saliency key: Σ over the n samples of each image of (gradient, squared)}, outputs,
         {saliency key: (N,) count of finite samples} (``nonfinite``: see ``sample_gradients``)."""
         sums, squares, outs, counts = {}, {}, {}, {}
         for out, key in zip(self.model_outputs, self.outputs):
             s, q = np.zeros(x.shape, np.float64), np.zeros(x.shape, np.float64)
             c = np.zeros(x.shape[0], np.int64)
-            for images, steps, res in sample_gradients(
-                    self.model, x, n, make, targets.get(out), batch_size=self.batch_size,
-                    output=out, extra_inputs=extra, desc="SaliencyNet", nonfinite=nonfinite,
-                    unit="noisy samples"):
+            sampling = Sampling(n, make, nonfinite, "SaliencyNet", "noisy samples")
+            for images, steps, res in self._sample(x, sampling, out, classes.get(out), extra):
                 g = res["gradients"][self.model_input].astype(np.float64)
                 add_per_image(s, images, g)
                 add_per_image(q, images, g * g)
@@ -111,12 +115,12 @@ class SaliencyNet:
 
     def _clean(self, batch):
         """Raw gradients at the clean batch, predictions, targets (clean argmax if not given)."""
-        x, extra, targets = self._split(batch)
-        sums, _, outs = self._grads(x, 1, lambda i, _: x[i], targets, extra)
+        x, extra, classes = self._split(batch)
+        sums, _, outs = self._grads(x, 1, lambda i, _: x[i], classes, extra)
         preds = {o: np.stack([outs[o][i] for i in range(len(x))]).argmax(1) for o in self.model_outputs}
-        return x, extra, {o: targets.get(o, preds[o]) for o in self.model_outputs}, sums, preds
+        return x, extra, {o: classes.get(o, preds[o]) for o in self.model_outputs}, sums, preds
 
-    def _integrated(self, x, extra, targets, n_baselines, nsamples):
+    def _integrated(self, x, extra, classes, n_baselines, nsamples):
         """Σ_α ∇f(b + α(x − b)) · (x − b), α = linspace(0, 1, nsamples), for n_baselines uniform
         baselines per image (drawn in [min, max] of the whole batch), each on its own."""
         lo, hi = x.min(), x.max()
@@ -132,10 +136,8 @@ class SaliencyNet:
         out = {}
         for key, out_name in zip(self.outputs, self.model_outputs):
             acc = np.zeros((n_baselines,) + x.shape, np.float64)
-            for images, steps, res in sample_gradients(
-                    self.model, x, n_baselines * nsamples, path, targets[out_name],
-                    batch_size=self.batch_size, output=out_name, extra_inputs=extra,
-                    desc="SaliencyNet", nonfinite="refuse", unit="path points"):
+            sampling = Sampling(n_baselines * nsamples, path, "refuse", "SaliencyNet", "path points")
+            for images, steps, res in self._sample(x, sampling, out_name, classes[out_name], extra):
                 np.add.at(acc, (steps // nsamples, images), res["gradients"][self.model_input])
             out[key] = acc * diff
         return out
@@ -155,16 +157,16 @@ class SaliencyNet:
         σ = stdev_spread·(max − min) of the whole batch, classes fixed to the clean ones;
         Σ g² (``magnitude``) or Σ g, over nsamples. With ``nintegration`` the extra samples
         are integrated masks (``get_integrated_masks``' raw values) of x, one baseline each."""
-        stdev_spread = check_float("stdev_spread", stdev_spread)
-        nsamples = check_int("nsamples", nsamples)
+        stdev_spread = targets.check_number("stdev_spread", stdev_spread, 0.0)
+        nsamples = targets.positive_int("nsamples", nsamples)
         if nintegration is not None:
-            nintegration = check_int("nintegration", nintegration, 2)
-        x, extra, targets, clean, preds = self._clean(batch)
+            nintegration = targets.positive_int("nintegration", nintegration, 2)
+        x, extra, classes, clean, preds = self._clean(batch)
         total = {k: g * g if magnitude else g for k, g in clean.items()}
         count = {k: np.full(x.shape[0], nsamples, np.int64) for k in total}
         if nsamples > 1:
             if nintegration:
-                for k, m in self._integrated(x, extra, targets, nsamples - 1, nintegration).items():
+                for k, m in self._integrated(x, extra, classes, nsamples - 1, nintegration).items():
                     total[k] += (m * m if magnitude else m).sum(0)
             else:
                 std = np.float32(stdev_spread * (float(x.max()) - float(x.min())))
@@ -176,7 +178,7 @@ class SaliencyNet:
                     return x[images] + std * self.rng.standard_normal(
                         (len(images),) + x.shape[1:], dtype=np.float32)
 
-                sums, squares, _, finite = self._grads(x, nsamples - 1, noisy, targets, extra, "drop")
+                sums, squares, _, finite = self._grads(x, nsamples - 1, noisy, classes, extra, "drop")
                 for k in total:
                     total[k] += squares[k] if magnitude else sums[k]
                     count[k] = 1 + finite[k]
@@ -186,7 +188,7 @@ class SaliencyNet:
     def get_integrated_masks(self, batch: dict[str, Any], nsamples: int = 25) -> dict[str, Any]:
         """Integrated-gradient masks from one random-uniform baseline per batch entry
         (uniform in [min, max] of the batch), ``nsamples`` points linspace(0, 1)."""
-        nsamples = check_int("nsamples", nsamples, 2)
-        x, extra, targets, _, preds = self._clean(batch)
-        masks = self._integrated(x, extra, targets, 1, nsamples)
+        nsamples = targets.positive_int("nsamples", nsamples, 2)
+        x, extra, classes, _, preds = self._clean(batch)
+        masks = self._integrated(x, extra, classes, 1, nsamples)
         return self._result(batch, preds, {k: v[0] for k, v in masks.items()})
