@@ -36,7 +36,7 @@ from . import __version__, cli_methods, metrics
 from .errors import OnnxXaiError
 from .preprocess import ImageSpec, load_labels, read_image
 from .runtime import Model
-from .scores import activation
+from . import targets
 from .visualize import save_explanation
 from .visualize._io import atomic_write_bytes, encode_png
 from .visualize.colorbars import add_colorbar
@@ -553,7 +553,7 @@ class Explainer:
         self.labels = read_labels(config.model, self.sidecar, config.prep.get("labels"))
         self.spec = image_spec(self.model, self.sidecar, config.prep)
         self.embedded = "saliency" in self.model.output_names
-        self.activate = activation(True)
+        self.activate = targets.class_scorer(True)
 
     def label(self, index: int) -> str:
         return self.labels[index] if self.labels and index < len(self.labels) else str(index)

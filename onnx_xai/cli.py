@@ -342,10 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(audit)
     audit.set_defaults(func=cmd_audit)
 
-    from .export import EXPORT_METHODS
+    from .export import export_methods
     export = sub.add_parser("export", help="write one ONNX model returning the outputs and a saliency map")
     export.add_argument("model", help="the .onnx model")
-    export.add_argument("--method", default="gradcam", choices=EXPORT_METHODS)
+    export.add_argument("--method", default="gradcam", choices=export_methods())
     export.add_argument("--layer", default=None, help="CAM target layer (default: the last spatial layer)")
     export.add_argument("--class-idx", type=int, default=None,
                         help="default of the model's optional class_idx input (default: -1, argmax)")

@@ -16,7 +16,7 @@ import onnx_xai
 
 from .methods.cam import minmax_normalizer
 from .runtime import Model
-from .scores import activation
+from . import targets
 
 
 @dataclass
@@ -200,7 +200,7 @@ def run(name: str, model: Model, x: np.ndarray, target: int, options: dict, side
     explainer = _build(name, lambda: cls(model, **run_params), options)
     if method.kind == "occlusion":  # MONAI returns the occluded probability: turn it into a drop
         occ = np.asarray(explainer(x)[0], np.float32)[0, target]
-        base = activation(True)(model.predict(x, verbose=False))[0, target]
+        base = targets.class_scorer(True)(model.predict(x, verbose=False))[0, target]
         return (np.float32(base) - occ).astype(np.float32), _recordable(params)
     return _to_map(_call_with_target(explainer, x, target), spatial), _recordable(params)
 

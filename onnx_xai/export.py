@@ -11,57 +11,57 @@ batch entries are then computed from ``Shape(input)[0]``. Spatial dims stay fixe
 """
 from __future__ import annotations
 
+import inspect
 import json
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from . import graph
+from . import graph, registry
 from .autodiff import SCORE, WEIGHTS, GradientRequest, input_shapes, passes, portable, score_graph
-from .engines.cam import fc_weights, last_spatial_layer
+from .engines.cam import GraphTaps, last_spatial_layer
 from .errors import UnsupportedModelError
 from .runtime import Model
 
-__all__ = ["export_explainer", "explainer_info", "EXPORT_METHODS"]
+__all__ = ["export_explainer", "explainer_info", "export_methods"]
 
-_CAM_GRAD = ("gradcam", "gradcampp", "layercam", "xgradcam", "hirescam")
-EXPORT_METHODS = _CAM_GRAD + ("cam", "vanilla", "inputxgrad")
-_FLIPPED = ("gradcam", "gradcampp", "cam")  # MONAI's default_normalizer: (min, max) → (1, 0)
+
+def export_methods() -> list[str]:
+    """Names of the registered methods that can be written into a graph (``graph_rule``)."""
+    return [info.name for info in registry.infos() if info.exportable]
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """What ``export_explainer`` decided: the method's instance and kind, the gradient
+    ``core`` graph with its activation / gradient / target-weights tensors, the explained
+    ``output``, the per-sample input shape, the fixed batch (None: dynamic), the target
+    layer, the ``class_idx`` default and the post-processing switches."""
+
+    explainer: Any
+    kind: str
+    core: onnx.ModelProto
+    activation: str
+    gradient: str | None
+    weights: str
+    output: str
+    per_sample: tuple
+    fixed: int | None
+    layer: str | None
+    class_idx: int | None
+    upsample: bool
+    normalize: bool
+
+_FLIPPED = ("gradcam", "gradcampp", "cam")  # older exports carry no "hot": their flipped methods
 CLASS_IDX, SALIENCY = "class_idx", "saliency"
 _META = "onnx_xai.explainer"
 # metadata_props of an exported explainer, readable by any ONNX tool (and by ORT's
 # ``session.get_modelmeta().custom_metadata_map``): the method, and which end of the
 # ``saliency`` map is the important one ("high", or "low" for MONAI's flipped normaliser)
 META_METHOD, META_HOT = "onnx_xai.method", "onnx_xai.hot"
-
-
-class _Builder:
-    """Appends nodes / constants with fresh ``xai/…`` names, opset-aware for reductions."""
-
-    def __init__(self, proto: onnx.ModelProto, opset: int, prefix: str = "xai") -> None:
-        self.proto, self.opset, self.prefix, self.nodes, self.n = proto, opset, prefix, [], 0
-
-    def name(self, stem: str) -> str:
-        self.n += 1
-        return f"{self.prefix}/{stem}_{self.n}"
-
-    def const(self, value, dtype=np.int64) -> str:
-        name = self.name("const")
-        self.proto.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype), name))
-        return name
-
-    def op(self, op_type: str, inputs: Sequence[str], out: str | None = None, **attrs) -> str:
-        out = out or self.name(op_type)
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=self.name(op_type), **attrs))
-        return out
-
-    def reduce(self, op_type: str, x: str, axes: Sequence[int], out: str | None = None) -> str:
-        """Reduce with keepdims=1 (axes as input from opset 18, ReduceSum from 13)."""
-        if self.opset >= 18 or (op_type == "ReduceSum" and self.opset >= 13):
-            return self.op(op_type, [x, self.const(list(axes))], out, keepdims=1)
-        return self.op(op_type, [x], out, axes=list(axes), keepdims=1)
 
 
 def _opset(proto: onnx.ModelProto) -> int:
@@ -109,7 +109,7 @@ def _relax_batch(p2: onnx.ModelProto, p3: onnx.ModelProto, batch_inputs: list[st
     out = onnx.ModelProto()
     out.CopyFrom(p2)
     g = out.graph
-    b = _Builder(out, _opset(out), "xai/batch")
+    b = graph.NodeBuilder(out, _opset(out), "xai/batch")
     batch = b.op("Slice", [b.op("Shape", [batch_inputs[0]]), b.const([0]), b.const([1])])
     batch0 = b.op("Squeeze", [batch, b.const([0])])
     for name, (coef, base) in changed.items():
@@ -152,7 +152,7 @@ def _gradient_core(model: Model, proto: onnx.ModelProto, wrt: str, output: str,
     return built, act, grads[src], WEIGHTS
 
 
-def _class_head(b: _Builder, output: str, n_classes: int, weights: str) -> str:
+def _class_head(b: graph.NodeBuilder, output: str, n_classes: int, weights: str) -> str:
     """``weights = one_hot(idx)`` ``(B, K)``, ``idx = class_idx < 0 ? argmax(output) : class_idx``
     ``(B,)`` (returned)."""
     am = b.op("ArgMax", [output], axis=1, keepdims=0)
@@ -167,34 +167,8 @@ def _insert_after(g, producer_of: str, nodes: list) -> None:
         g.node.insert(at + 1 + k, node)
 
 
-# ---------------------------------------------------------------------------- CAM rules
-def _cam_rule(b: _Builder, method: str, a: str, g: str, score: str | None, nd: int) -> str:
-    """Raw map ``(B, 1, *s)`` from activations ``a`` and gradients ``g`` ``(B, C, *s)``;
-    GradCAM++ scales its weights by ``exp(score)`` when ``score`` is given."""
-    sp = list(range(2, nd))
-    if method == "gradcam":
-        w = b.reduce("ReduceMean", g, sp)
-    elif method == "hirescam":
-        w = g
-    elif method == "layercam":
-        w = b.op("Relu", [g])
-    elif method == "xgradcam":
-        num = b.reduce("ReduceSum", b.op("Mul", [g, a]), sp)
-        den = b.op("Add", [b.reduce("ReduceSum", a, sp), b.const(1e-7, np.float32)])
-        w = b.op("Div", [num, den])
-    else:  # gradcampp (MONAI)
-        g2 = b.op("Mul", [g, g])
-        ag3 = b.reduce("ReduceSum", b.op("Mul", [b.op("Mul", [a, g2]), g]), sp)
-        den = b.op("Add", [b.op("Mul", [g2, b.const(2.0, np.float32)]), ag3])
-        zero = b.op("Equal", [den, b.const(0.0, np.float32)])
-        den = b.op("Add", [b.op("Where", [zero, b.const(1.0, np.float32), den]), b.const(1e-7, np.float32)])
-        alpha = b.op("Div", [g2, den])
-        positive = b.op("Relu", [g if score is None else b.op("Mul", [b.op("Exp", [score]), g])])
-        w = b.reduce("ReduceSum", b.op("Mul", [alpha, positive]), sp)
-    return b.op("Relu", [b.reduce("ReduceSum", b.op("Mul", [w, a]), [1])])
-
-
-def _postprocess(b: _Builder, cam: str, size: tuple, upsample: bool, normalize: bool,
+# ---------------------------------------------------------------------------- post-processing
+def _postprocess(b: graph.NodeBuilder, cam: str, size: tuple, upsample: bool, normalize: bool,
                  flip: bool) -> str:
     """Linear ``Resize`` (half_pixel, as ``F.interpolate``) to ``size``, then per-sample
     (min, max) → (0, 1), or → (1, 0) with ``flip`` (a constant map: 0, or unchanged)."""
@@ -225,9 +199,9 @@ def export_explainer(model: Any, method: str = "gradcam", target_layers: str | S
 
     Args:
         model: anything ``Model`` accepts (a classifier with output ``(B, K)``).
-        method: ``"gradcam"``, ``"gradcampp"``, ``"layercam"``, ``"xgradcam"``, ``"hirescam"``,
-            ``"cam"`` (fc weights, gradient-free), ``"vanilla"`` or ``"inputxgrad"``; the
-            numbers are those of the Python classes with their default post-processing.
+        method: a registered method with a graph rule (``export_methods()``: the CAM family
+            but EigenCAM / ScoreCAM, ``"vanilla"``, ``"inputxgrad"``, ...); the numbers are
+            those of the Python classes with their default post-processing.
         target_layers: CAM layer (name, or a list whose last entry is used, as
             ``layer_idx=-1``); default: the last layer with a spatial extent.
         class_idx: default of the optional ``class_idx`` input; None: −1 (argmax).
@@ -245,8 +219,10 @@ def export_explainer(model: Any, method: str = "gradcam", target_layers: str | S
         ``onnx_xai.hot`` (``"low"`` for the flipped GradCAM / GradCAMpp / CAM normalisation,
         else ``"high"``); :func:`explainer_info` reads them, ``onnx-xai explain`` honours them.
     """
-    if method not in EXPORT_METHODS:
-        raise ValueError(f"method must be one of {EXPORT_METHODS}, got {method!r}")
+    info = registry.get(method)
+    if not info.exportable:
+        raise ValueError(f"method {method!r} cannot be written into an ONNX graph; exportable: "
+                         f"{', '.join(export_methods())}")
     if class_idx is not None and (not isinstance(class_idx, (int, np.integer)) or class_idx < -1):
         raise ValueError(f"class_idx must be None, -1 or a class index >= 0, got {class_idx!r}")
     if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
@@ -259,7 +235,7 @@ def export_explainer(model: Any, method: str = "gradcam", target_layers: str | S
         raise UnsupportedModelError(f"the model uses non-standard operators {contrib[:5]}; an "
                                     "exported explainer must run on any ONNX runtime, so it needs "
                                     "standard ONNX operators only")
-    opset = _opset(proto)
+    _opset(proto)
     output = m.check_outputs(output)[0]
     per_sample = tuple(input_shape) if input_shape is not None else tuple(m.input.shape[1:])
     if not all(isinstance(s, (int, np.integer)) and s > 0 for s in per_sample):
@@ -273,14 +249,14 @@ def export_explainer(model: Any, method: str = "gradcam", target_layers: str | S
         raise UnsupportedModelError(f"output {output!r} is {shapes.get(output)} at batch 1 (type "
                                     f"{graph.tensor_types(static).get(output)}); export_explainer "
                                     "needs a float32 (B, K) classifier output")
-
-    layer = None
-    if method in _CAM_GRAD + ("cam",):
+    layer, explainer = None, (info.impl(m) if info.kind == "gradient" else None)
+    if info.kind == "cam":
         layers = [target_layers] if isinstance(target_layers, str) else list(target_layers or [])
         layer = (graph.resolve_layer(proto, layers[-1]) if layers else
                  last_spatial_layer(proto, {m.input_name: (1,) + per_sample}))
-
-    if method == "cam":
+        extra = {"fc_layers": fc_layers} if "fc_layers" in inspect.signature(info.impl).parameters else {}
+        explainer = info.impl(m, layer, **extra)
+    if not getattr(explainer, "gradients", True):
         core, act, grad, weights = proto, layer, None, "xai/weights"
     else:
         wrt = layer or m.input_name
@@ -290,70 +266,58 @@ def export_explainer(model: Any, method: str = "gradcam", target_layers: str | S
         else:
             (c2, act, grad, weights), (c3, *_) = build(2), build(3)
             core = _relax_batch(c2, c3, [i.name for i in m.inputs])
-    return _finish(m, proto, shapes, core, method, act, grad, weights, output, per_sample, opset,
-                   class_idx, upsample, normalize, fixed, layer, fc_layers)
+    plan = ExportPlan(explainer, info.kind, core, act, grad, weights, output, per_sample, fixed,
+                      layer, class_idx, bool(upsample), bool(normalize))
+    return _finish(m, proto, shapes, plan)
 
 
-def _finish(m, proto, shapes, core, method, act, grad, weights, output, per_sample, opset,
-            class_idx, upsample, normalize, fixed, layer, fc_layers) -> onnx.ModelProto:
-    """``core`` plus the class head, the map and the public inputs / outputs."""
+def _finish(m: Model, proto: onnx.ModelProto, shapes: dict, plan: ExportPlan) -> onnx.ModelProto:
+    """The plan's core graph plus the class head, the map and the public inputs / outputs."""
     out = onnx.ModelProto()
-    out.CopyFrom(core)
+    out.CopyFrom(plan.core)
     g = out.graph
-    n_classes = shapes[output][1]
-    b = _Builder(out, opset)
-    idx = _class_head(b, output, n_classes, weights)
-    _insert_after(g, output, b.nodes)
+    b = graph.NodeBuilder(out, _opset(proto))
+    idx = _class_head(b, plan.output, shapes[plan.output][1], plan.weights)
+    _insert_after(g, plan.output, b.nodes)
     b.nodes = []
-    nd = 1 + len(per_sample)  # rank of the input (and of a CAM layer)
-    if method in ("vanilla", "inputxgrad"):
-        gx = b.op("Squeeze", [grad, b.const([-1])])
-        b.op("Mul" if method == "inputxgrad" else "Identity",
-             [m.input_name, gx] if method == "inputxgrad" else [gx], out=SALIENCY)
+    nd = 1 + len(plan.per_sample)  # rank of the input (and of a CAM layer)
+    grad = None if plan.gradient is None else b.op("Squeeze", [plan.gradient, b.const([-1])])
+    if plan.kind == "gradient":
+        taps = GraphTaps(m.input_name, grad, None, idx, nd, plan.per_sample[0])
+        b.op("Identity", [plan.explainer.graph_rule(b, taps)], out=SALIENCY)
     else:
+        layer = plan.layer
         if len(shapes.get(layer, ())) != nd:
             raise ValueError(f"target layer {layer!r} has shape {shapes.get(layer)} per sample: a CAM "
                              "needs a layer with spatial extent (C, H, W[, D]) before global pooling")
-        if method == "cam":
-            fc = None if fc_layers == "fc" and not _has(proto, "fc") else fc_layers
-            w, bias = fc_weights(proto, layer, fc)
-            if w.shape[1] != shapes[layer][1]:
-                raise ValueError(f"fc layer has {w.shape[1]} inputs but layer {layer!r} has "
-                                 f"{shapes[layer][1]} channels; name the right fc_layers")
-            lift = list(range(2, nd))
-            wc = b.op("Unsqueeze", [b.op("Gather", [b.const(w, np.float32), idx], axis=0), b.const(lift)])
-            bc = b.op("Unsqueeze", [b.op("Gather", [b.const(bias, np.float32), idx], axis=0),
-                                    b.const([1] + lift)])
-            raw = b.op("Add", [b.reduce("ReduceSum", b.op("Mul", [wc, act]), [1]), bc])
-        else:
-            gl = b.op("Squeeze", [grad, b.const([-1])])
-            score = None
-            if method == "gradcampp" and not normalize:
-                # exp(S) scales each sample's map by a positive constant, which the (min, max)
-                # normalisation cancels: left out there, it cannot overflow float32 (S > 88)
-                s = b.reduce("ReduceSum", b.op("Mul", [output, weights]), [1])
-                score = b.op("Unsqueeze", [s, b.const(list(range(2, nd)))])
-            raw = _cam_rule(b, method, act, gl, score, nd)
-        post = _postprocess(b, raw, per_sample[1:], upsample, normalize, method in _FLIPPED)
+        score = None
+        if not plan.normalize:  # else left out: a positive per-sample factor cancels there
+            s = b.reduce("ReduceSum", b.op("Mul", [plan.output, plan.weights]), [1])
+            score = b.op("Unsqueeze", [s, b.const(list(range(2, nd)))])
+        taps = GraphTaps(plan.activation, grad, score, idx, nd, shapes[layer][1])
+        raw = plan.explainer.graph_rule(b, taps)
+        post = _postprocess(b, raw, plan.per_sample[1:], plan.upsample, plan.normalize,
+                            plan.explainer.hot == "low")
         b.op("Identity", [post], out=SALIENCY)
     g.node.extend(b.nodes)
 
-    batch_dim = int(fixed) if fixed is not None else "batch"
-    sal_shape = [batch_dim] + ([1] + list(per_sample[1:] if upsample else shapes[layer][2:])
-                               if layer else list(per_sample))
+    batch_dim = int(plan.fixed) if plan.fixed is not None else "batch"
+    spatial = (plan.per_sample[1:] if plan.upsample else shapes[plan.layer][2:]) if plan.layer else ()
+    sal_shape = [batch_dim] + ([1] + list(spatial) if plan.layer else list(plan.per_sample))
     del g.output[:]
     g.output.extend(proto.graph.output)
     g.output.append(helper.make_tensor_value_info(SALIENCY, onnx.TensorProto.FLOAT, sal_shape))
     g.input.append(helper.make_tensor_value_info(CLASS_IDX, onnx.TensorProto.INT64, [None]))
     g.initializer.append(numpy_helper.from_array(
-        np.array([-1 if class_idx is None else int(class_idx)], np.int64), CLASS_IDX))
+        np.array([-1 if plan.class_idx is None else int(plan.class_idx)], np.int64), CLASS_IDX))
     del g.value_info[:]
     out = passes.name_nodes(passes.dead_nodes(out))
     out.ir_version = max(proto.ir_version, 4)  # inputs with initializers are optional from IR 4
-    hot = "low" if normalize and method in _FLIPPED else "high"
-    meta = {"method": method, "layer": layer, "output": output, "upsample": bool(upsample),
-            "normalize": bool(normalize), "input_shape": list(per_sample),
-            "batch": "dynamic" if fixed is None else int(fixed), "hot": hot}
+    method = plan.explainer.info.name
+    hot = "low" if plan.normalize and plan.kind == "cam" and plan.explainer.hot == "low" else "high"
+    meta = {"method": method, "layer": plan.layer, "output": plan.output, "upsample": plan.upsample,
+            "normalize": plan.normalize, "input_shape": list(plan.per_sample),
+            "batch": "dynamic" if plan.fixed is None else int(plan.fixed), "hot": hot}
     helper.set_model_props(out, {**{p.key: p.value for p in proto.metadata_props},
                                  _META: json.dumps(meta), META_METHOD: method, META_HOT: hot})
     return out
@@ -390,11 +354,3 @@ def explainer_info(model: Any) -> dict:
         raise ValueError(f"the model's metadata {META_HOT!r} is {hot!r}; expected 'high' or 'low'")
     info["hot"] = hot
     return info
-
-
-def _has(proto: onnx.ModelProto, name: str) -> bool:
-    try:
-        graph.resolve_layer(proto, name)
-        return True
-    except ValueError:
-        return False

@@ -9,9 +9,11 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
+from typing import Sequence
 
+import numpy as np
 import onnx
-from onnx import shape_inference
+from onnx import helper, numpy_helper, shape_inference
 
 
 def tensor_names(proto: onnx.ModelProto) -> list[str]:
@@ -436,3 +438,31 @@ def depends_on(proto: onnx.ModelProto, sources: list[str], target: str,
             live.update(o for o in node.output if o and (
                 not float_only or types.get(o, onnx.TensorProto.FLOAT) in FLOAT_TYPES))
     return target in live
+
+
+class NodeBuilder:
+    """Collects new nodes (``nodes``) and constants (initializers of ``proto``) with fresh
+    ``xai/…`` names, opset-aware for reductions: how graph rules (``export``) write ONNX."""
+
+    def __init__(self, proto: onnx.ModelProto, opset: int, prefix: str = "xai") -> None:
+        self.proto, self.opset, self.prefix, self.nodes, self.n = proto, opset, prefix, [], 0
+
+    def name(self, stem: str) -> str:
+        self.n += 1
+        return f"{self.prefix}/{stem}_{self.n}"
+
+    def const(self, value, dtype=np.int64) -> str:
+        name = self.name("const")
+        self.proto.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype), name))
+        return name
+
+    def op(self, op_type: str, inputs: Sequence[str], out: str | None = None, **attrs) -> str:
+        out = out or self.name(op_type)
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=self.name(op_type), **attrs))
+        return out
+
+    def reduce(self, op_type: str, x: str, axes: Sequence[int], out: str | None = None) -> str:
+        """Reduce with keepdims=1 (axes as input from opset 18, ReduceSum from 13)."""
+        if self.opset >= 18 or (op_type == "ReduceSum" and self.opset >= 13):
+            return self.op(op_type, [x, self.const(list(axes))], out, keepdims=1)
+        return self.op(op_type, [x], out, axes=list(axes), keepdims=1)

@@ -10,9 +10,11 @@ from typing import Callable, Sequence, Union
 
 import numpy as np
 
-from .engines.cam import gradient_taps, last_spatial_layer
+from . import targets
+from .engines.cam import last_spatial_layer
 from .engines.occlusion import Occluder, fill_nearest, occlusion_scores
 from .finite import check_finite_array, check_finite_input, check_finite_output, finite_rows
+from .methods.cam import GradCAM
 from .runtime import Model, ModelSource, sigmoid, softmax
 
 Size = Union[str, int, Sequence[int]]
@@ -308,12 +310,9 @@ def grad_cam(net: ModelSource, X: np.ndarray, channel_idx: int | Sequence[int], 
         feature_layer = last_spatial_layer(model.require_proto("grad_cam"),
                                            {model.input_name: x1.shape})
     xs = np.repeat(x1, len(channels), axis=0)
-    taps = gradient_taps(model, feature_layer, xs, channels, batch_size=min(len(channels), 8),
-                         output=output)
-    g, a = taps.gradients.astype(np.float64), taps.activations.astype(np.float64)
-    axes = tuple(range(2, a.ndim))
-    cam = np.maximum((g.mean(axes, keepdims=True) * a).sum(1), 0.0).astype(np.float32)
-    cam = np.moveaxis(cam, 0, -1)  # (*grid, K)
+    target = targets.ClassTarget(output=output, index=np.asarray(channels))
+    cam = GradCAM(model, feature_layer, batch_size=min(len(channels), 8)).compute_map(xs, target)
+    cam = np.moveaxis(cam[:, 0], 0, -1)  # (*grid, K)
     if output_upsampling != "none":
         for axis, size in enumerate(xcf.shape[1:]):
             cam = _resize_axis(cam, axis, size, output_upsampling)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .errors import NonFiniteError
 from .finite import check_finite_array, check_finite_input, check_finite_output, check_number, warn_nonfinite
 from .runtime import Model, ModelSource
-from .scores import activation, check_index, class_scores
+from . import targets
 
 
 @dataclass
@@ -89,17 +89,14 @@ def _curve(kind: str, model: ModelSource, x: Any, saliency: Any, index: Any, n_s
     b, c = x.shape[:2]
     n_pix = int(np.prod(x.shape[2:]))
     sal = _flat_maps(saliency, b, n_pix, kind)
-    act = activation(activate)
     blur_sigma = check_number("blur_sigma", blur_sigma, 0.0)
     base = _baseline(x, baseline, blur_sigma).reshape(b, c, n_pix)
-    raw = model.predict(x, extra_inputs=extra_inputs, verbose=False)
-    check_finite_output(raw, f"output {model.output_names[0]!r}")
-    scores_x = class_scores(raw, act, b)
-    check_finite_output(scores_x, f"the score (activated output {model.output_names[0]!r})")
-    idx = check_index(index, scores_x.shape[1])
-    if idx is not None and len(idx) not in (1, b):
-        raise ValueError(f"index must be None, one class or one class per item ({b}), got {index!r}")
-    idx = np.argmax(scores_x, axis=1) if idx is None else np.broadcast_to(idx, (b,))
+    output = model.check_outputs(index.output if isinstance(index, targets.Target) else None)[0]
+    raw = model.predict(x, outputs=output, extra_inputs=extra_inputs, verbose=False)
+    check_finite_output(raw, f"output {output!r}")
+    scorers, classes = targets.item_scorers(index, activate, raw)
+    for i, score in enumerate(scorers):
+        check_finite_output(score(raw[i:i + 1]), f"the score (of output {output!r})")
     counts = np.round(np.linspace(0, n_pix, n_steps + 1)).astype(np.int64)
     flat = x.reshape(b, c, n_pix)
     out = np.empty((b, n_steps + 1))
@@ -117,8 +114,8 @@ def _curve(kind: str, model: ModelSource, x: Any, saliency: Any, index: Any, n_s
                 k = counts[lo:lo + batch_size]
                 changed = rank[None, None, :] < k[:, None, None]  # (n, 1, P)
                 imgs = np.where(changed, end[None], start[None]).reshape(len(k), *x.shape[1:])
-                raw = model.predict(imgs, extra_inputs=extra, verbose=False)
-                out[i, lo:lo + len(k)] = class_scores(raw, act, len(k))[:, idx[i]]
+                raw = model.predict(imgs, outputs=output, extra_inputs=extra, verbose=False)
+                out[i, lo:lo + len(k)] = scorers[i](raw)[:, 0]
                 bar.update(len(k))
     fractions = counts / n_pix
     ok = np.isfinite(out)
@@ -131,7 +128,7 @@ def _curve(kind: str, model: ModelSource, x: Any, saliency: Any, index: Any, n_s
         warn_nonfinite(kind, int((~ok).sum()), ok.size, "steps (perturbed inputs)",
                        "their scores are interpolated from the neighbouring finite steps",
                        stacklevel=4)
-    return Curve(fractions, out, auc(out, fractions), np.asarray(idx))
+    return Curve(fractions, out, auc(out, fractions), np.array([c[0] for c in classes]))
 
 
 def deletion(model: ModelSource, x: Any, saliency: Any, index: Any = None, *, n_steps: int = 100,
@@ -142,7 +139,8 @@ def deletion(model: ModelSource, x: Any, saliency: Any, index: Any = None, *, n_
     replaced by ``baseline`` first, ``n_steps`` equal steps; lower AUC = more faithful map.
 
     Args:
-        index: class per item (None: the top class of ``x``), an int or one per item.
+        index: class per item (None: the top class of ``x``), an int or one per item, or an
+            ``onnx_xai.targets`` target (scored with its own activation; ``activate`` unused).
         baseline: a number, an array broadcastable to ``x``, ``"blur"`` (Gaussian, ``blur_sigma``
             pixels) or ``"mean"`` (per-channel mean).
         activate: score = softmax probability (True), raw output (False) or a callable ``(B, K) → (B, K)``.

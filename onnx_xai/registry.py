@@ -41,8 +41,9 @@ class MethodInfo:
 
     @property
     def exportable(self) -> bool:
-        """Whether ``export_explainer`` can write this method into a graph."""
-        return callable(getattr(self.impl, "graph_rule", None))
+        """Whether ``export_explainer`` can write this method into a graph: its class defines
+        ``graph_rule`` itself (a subclass changing the computation does not inherit it)."""
+        return callable(vars(self.impl).get("graph_rule")) if isinstance(self.impl, type) else False
 
 
 _REGISTRY: dict[str, MethodInfo] = {}

@@ -359,7 +359,7 @@ class Model:
         if isinstance(source, ort.InferenceSession) and (providers is not None or sess_options is not None):
             raise ValueError("an InferenceSession brings its own providers and options: pass the "
                              "model's path or bytes to set providers= or sess_options=")
-        if threads is None and sess_options is not None and sess_options.intra_op_num_threads > 0:
+        if threads is None and isinstance(sess_options, ort.SessionOptions) and sess_options.intra_op_num_threads > 0:
             threads = sess_options.intra_op_num_threads
         self.threads = check_threads(threads)
         self._base_options = None if sess_options is None else copy_session_options(sess_options)

@@ -16,7 +16,7 @@ call the target on the outputs of perturbed copies; gradient methods feed the sa
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from .runtime import Model, ModelSource, sigmoid, softmax
 
 __all__ = ["Target", "ClassTarget", "RegionTarget", "OutputTarget", "target", "ACTIVATIONS",
            "positive_int", "check_number", "as_model", "per_sample_classes", "class_list",
-           "top_class", "activation"]
+           "top_class", "activation", "model_argument", "class_scorer", "item_scorers"]
 
 ACTIVATIONS = ("none", "softmax", "sigmoid")
 
@@ -41,6 +41,19 @@ def positive_int(name: str, value: Any, minimum: int = 1) -> int:
 def as_model(model: ModelSource, **options: Any) -> Model:
     """``model`` as a ``Model`` (a ``Model`` is used as it is; anything else is loaded with ``options``)."""
     return model if isinstance(model, Model) else Model(model, **options)
+
+
+def model_argument(model: Any, nn_module: Any, owner: str = "this class") -> Any:
+    """The model given as ``model`` (positionally) or as MONAI's ``nn_module=`` keyword:
+    exactly one of them, else ``TypeError`` saying so."""
+    if nn_module is not None and model is not None:
+        raise TypeError(f"{owner} got the model twice: pass it as the first argument (model) or "
+                        "as nn_module= (MONAI's name), not both")
+    if nn_module is not None:
+        return nn_module
+    if model is None:
+        raise TypeError(f"{owner} needs a model: the first argument, or nn_module= (MONAI's name)")
+    return model
 
 
 def _ints(value: Any, name: str) -> np.ndarray:
@@ -266,6 +279,66 @@ class OutputTarget(Target):
             raise ValueError(f"index {self.index!r} is outside one sample of output shape {out.shape[1:]}")
         flat[:, at] = 1.0
         return w
+
+
+# ---------------------------------------------------------------------------- black-box scores
+def class_scorer(activate: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """MONAI's ``activate=`` → a function raw outputs ``(b, K[, 1...])`` → ``(b, K)`` float64
+    scores of every class. True: softmax over classes when K > 1, else sigmoid; False: the
+    raw outputs; a callable is applied as it is (it must return ``(b, K)``)."""
+    if activate is True:
+        act = lambda y: softmax(y, axis=1) if y.shape[1] > 1 else sigmoid(y)
+    elif activate is False:
+        act = lambda y: y
+    elif callable(activate):
+        act = activate
+    else:
+        raise ValueError(f"activate must be True, False or a callable on the (B, K) outputs, got {activate!r}")
+
+    def scores(raw: np.ndarray) -> np.ndarray:
+        raw = np.asarray(raw)
+        if raw.ndim < 2:
+            raise ValueError(f"the model output has shape {tuple(raw.shape)}: one value per sample, not "
+                             "class scores (B, K, ...); export the model with a (B, 1) output or pass "
+                             "activate= a callable that returns (B, K) scores, or an OutputTarget")
+        if raw.ndim > 2 and all(d == 1 for d in raw.shape[2:]):
+            raw = raw.reshape(raw.shape[:2])
+        out = np.asarray(act(raw), dtype=np.float64)
+        if out.ndim != 2 or out.shape[0] != len(raw):
+            raise ValueError(f"class scores must be (batch, classes); the model output {tuple(raw.shape)} "
+                             f"became {tuple(out.shape)}: pass activate= a callable that reduces it "
+                             "to one score per class, or explain a target (onnx_xai.targets)")
+        return out
+    return scores
+
+
+def item_scorers(index: Any, activate: Any, raw: np.ndarray, many: bool = False
+                 ) -> tuple[list[Callable[[np.ndarray], np.ndarray]], list[list[int]]]:
+    """For each item of the unperturbed outputs ``raw`` ``(B, ...)``, a function from the raw
+    outputs of its perturbed copies ``(n, ...)`` to their ``(n, k)`` float64 scores, and the
+    classes scored (−1 for a target that is not a class).
+
+    ``index`` a ``Target``: its score (k = 1, its own activation), resolved on ``raw``.
+    Otherwise classes through ``activate`` (``class_scorer``): None → each item's top class;
+    an int → that class; with ``many`` a sequence → those classes for every item (k of
+    them), else one class per item.
+    """
+    n = len(raw)
+    if isinstance(index, Target):
+        fixed = index.resolve(raw)
+        classes = (np.asarray(fixed.index).reshape(-1) if isinstance(fixed, ClassTarget)
+                   else np.full(n, -1))
+        return ([lambda r, t=fixed.select(np.array([i])): t(r)[:, None] for i in range(n)],
+                [[int(c)] for c in np.broadcast_to(classes, (n,))])
+    scores = class_scorer(activate)
+    base = scores(raw)
+    if many:
+        chosen = class_list(index, base.shape[1])
+        rows = [chosen if chosen is not None else [int(np.argmax(b))] for b in base]
+    else:
+        idx = per_sample_classes(index, n, base.shape[1], "index")
+        rows = [[int(c)] for c in (np.argmax(base, axis=1) if idx is None else idx)]
+    return [lambda r, c=c: scores(r)[:, c] for c in rows], rows
 
 
 # ---------------------------------------------------------------------------- shorthands

@@ -19,9 +19,9 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import onnx_xai as ox  # noqa: E402
-from conftest import SmallResNet, export_onnx  # noqa: E402
+from torch_models import SmallResNet, export_onnx  # noqa: E402
 from onnx_xai import Model, UnsupportedModelError, assets, synthetic  # noqa: E402
-from onnx_xai.export import EXPORT_METHODS, export_explainer  # noqa: E402
+from onnx_xai.export import export_explainer, export_methods  # noqa: E402
 
 TOL = 1e-5
 CLASSES = {"gradcam": ox.GradCAM, "gradcampp": ox.GradCAMpp, "layercam": ox.LayerCAM,
@@ -71,7 +71,7 @@ def check_against_python(model, method, layer, x, class_idx):
     return proto, diff
 
 
-@pytest.mark.parametrize("method", EXPORT_METHODS)
+@pytest.mark.parametrize("method", export_methods())
 def test_resnet_matches_python_api(resnet, method):
     x = np.random.default_rng(0).normal(size=(3, 3, 40, 48)).astype(np.float32)
     proto, _ = check_against_python(resnet[1], method, "layer4", x, [2, -1, 0])
@@ -81,7 +81,7 @@ def test_resnet_matches_python_api(resnet, method):
     assert dims[0].dim_param == "batch" and not any(i.name.startswith("__xai") for i in proto.graph.input)
 
 
-@pytest.mark.parametrize("method", EXPORT_METHODS)
+@pytest.mark.parametrize("method", export_methods())
 def test_3d_matches_python_api(method):
     model = Model(assets.model_dir() / "synthetic_blobs3d.onnx", device="cpu", verbose=False)
     x = synthetic.blobs_3d(3, seed=3)[0].astype(np.float32)
@@ -268,8 +268,10 @@ def test_errors(resnet):
     from onnx import helper
 
     _, model = resnet
-    with pytest.raises(ValueError, match="method must be one of"):
+    with pytest.raises(ValueError, match="'scorecam' cannot be written into an ONNX graph; exportable: cam, gradcam"):
         export_explainer(model, "scorecam")
+    with pytest.raises(ValueError, match="'nope' is unknown; available: occlusion"):
+        export_explainer(model, "nope")
     with pytest.raises(ValueError, match="closest names"):
         export_explainer(model, "gradcam", "layer9")
     with pytest.raises(ValueError, match="class_idx must be"):

@@ -21,8 +21,8 @@ Differences, on purpose:
     * inputs and results are NumPy arrays (torch tensors given are read with
       ``.detach().cpu().numpy()``); one input tensor per call (no tuples of inputs);
     * ``target=None`` on an output with several classes explains each sample's top class
-      (Captum needs one value per sample there); ``target`` may also be an
-      ``onnx_xai.targets`` target (``Occlusion`` takes any of them: softmax, regions, ...);
+      (Captum needs one value per sample there); ``target`` may also be any
+      ``onnx_xai.targets`` target (a softmax probability, a region of a dense output, ...);
     * ``additional_forward_args``: the model's other inputs, in the graph's order;
     * random noise (``NoiseTunnel``) is NumPy's (``seed=``), not torch's;
     * ``internal_batch_size`` / ``perturbations_per_eval`` only set batch sizes.
@@ -112,15 +112,6 @@ class _Attribution:
             t = replace(t, index=np.asarray(t.classes(out), np.int64))
         return t
 
-    def _classes(self, target: Any, x: np.ndarray, extra: dict, what: str) -> np.ndarray:
-        """``(N,)`` class per sample for gradient methods: a class of the raw output only."""
-        t = self._target(target, x, extra)
-        if (not isinstance(t, ClassTarget) or type(t).weights is not ClassTarget.weights
-                or t.activation != "none" or (t.output or self.output) != self.output):
-            raise NotImplementedError(f"{what} explains a class's raw output (target = class "
-                                      f"index, on output {self.output!r}); got {t!r}")
-        return np.asarray(t.index, np.int64)
-
 
 # ---------------------------------------------------------------------------- gradients
 class Saliency(_Attribution):
@@ -130,8 +121,7 @@ class Saliency(_Attribution):
                   additional_forward_args: Any = None) -> np.ndarray:
         x = self._inputs(inputs)
         extra = self._extra(additional_forward_args)
-        idx = self._classes(target, x, extra, type(self).__name__)
-        g = VanillaGrad(self.model, output=self.output)(x, idx, **extra)
+        g = VanillaGrad(self.model, output=self.output)(x, self._target(target, x, extra), **extra)
         return np.abs(g) if abs else g
 
 
@@ -142,8 +132,7 @@ class InputXGradient(_Attribution):
                   additional_forward_args: Any = None) -> np.ndarray:
         x = self._inputs(inputs)
         extra = self._extra(additional_forward_args)
-        idx = self._classes(target, x, extra, type(self).__name__)
-        return x * VanillaGrad(self.model, output=self.output)(x, idx, **extra)
+        return x * VanillaGrad(self.model, output=self.output)(x, self._target(target, x, extra), **extra)
 
 
 class IntegratedGradients(_Attribution):
@@ -166,7 +155,7 @@ class IntegratedGradients(_Attribution):
         ``(N,)`` delta = Σ attributions − (f(x) − f(baseline))."""
         x = self._inputs(inputs)
         extra = self._extra(additional_forward_args)
-        idx = self._classes(target, x, extra, type(self).__name__)
+        t = self._target(target, x, extra)
         base = 0.0 if baselines is None else baselines
         base = as_numpy(base) if not isinstance(base, (int, float)) else float(base)
         if np.ndim(base) == x.ndim:
@@ -174,7 +163,7 @@ class IntegratedGradients(_Attribution):
         ig = _IG(self.model, baseline=base, n_steps=n_steps, method=method,
                  internal_batch_size=16 if internal_batch_size is None else internal_batch_size,
                  output=self.output)
-        return ig(x, idx, return_convergence_delta=return_convergence_delta, **extra)
+        return ig(x, t, return_convergence_delta=return_convergence_delta, **extra)
 
 
 class LayerGradCam(_Attribution):
@@ -199,9 +188,8 @@ class LayerGradCam(_Attribution):
         if additional_forward_args is not None:
             raise NotImplementedError("LayerGradCam takes models with one input")
         x = self._inputs(inputs)
-        idx = self._classes(target, x, {}, type(self).__name__)
-        taps = gradient_taps(self.model, self.layer, x, idx, batch_size=self.batch_size,
-                             output=self.output)
+        taps = gradient_taps(self.model, self.layer, x, self._target(target, x, {}),
+                             batch_size=self.batch_size)
         g, a = taps.gradients, taps.activations
         w = g.mean(axis=tuple(range(2, g.ndim)), keepdims=True)
         cam = (w * a).sum(axis=1, keepdims=True) if attr_dim_summation else w * a
@@ -272,8 +260,8 @@ class NoiseTunnel:
         n, ns = x.shape[0], int(nt_samples)
         extra = method._extra(kwargs.get("additional_forward_args"))
         t = method._target(kwargs.get("target"), x, extra)
-        if isinstance(t, ClassTarget):
-            kwargs["target"] = np.repeat(np.asarray(t.index, np.int64), ns)
+        if isinstance(t, ClassTarget):  # each copy explains its input's class
+            kwargs["target"] = replace(t, index=np.repeat(np.asarray(t.index, np.int64), ns))
         for key in ("baselines", "additional_forward_args"):
             if key in kwargs:
                 kwargs[key] = self._expand(kwargs[key], n, ns)
@@ -327,7 +315,7 @@ class Occlusion(_Attribution):
     them per dim, the last ones cut at the border; each replaces the window by ``baselines``
     (a number, or an array broadcastable to ``inputs``). ``attr[p]`` = mean over the windows
     covering ``p`` of ``score(x) − score(x occluded)``, the score being ``target``'s (a class's
-    raw output; any ``onnx_xai.targets`` target works: softmax, regions, ...).
+    raw output, or any ``onnx_xai.targets`` target).
 
     Up to three non-batch dims take windows over every dim; four (``(C, H, W, D)``) need a
     window over all channels. Windows whose occluded copy scores NaN / inf are left out

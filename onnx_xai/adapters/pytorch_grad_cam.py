@@ -21,8 +21,10 @@ ONNX Runtime through ``onnx_xai.engines.cam``).
 Classes: ``GradCAM``, ``HiResCAM``, ``GradCAMPlusPlus`` (pytorch-grad-cam's formula, which is
 not MONAI's: see ``onnx_xai.GradCAMpp``), ``XGradCAM``, ``LayerCAM``, ``EigenCAM``,
 ``EigenGradCAM``, ``GradCAMElementWise``, ``ScoreCAM``. Targets: ``ClassifierOutputTarget(c)``
-(an ``onnx_xai.targets.ClassTarget``), any ``ClassTarget`` on the raw output, plain ints, or
-pytorch-grad-cam's own ``ClassifierOutputTarget`` objects; ``None`` → each image's argmax.
+and ``ClassifierOutputSoftmaxTarget(c)`` (both ``onnx_xai.targets.ClassTarget``), any
+``ClassTarget``, plain ints, or pytorch-grad-cam's own
+``ClassifierOutputTarget`` objects, one per image; ``None`` → each image's argmax; or one
+``onnx_xai.targets`` target for the whole batch (a region of a segmentation output, ...).
 
 Differences, on purpose: inputs and results are NumPy arrays (a torch tensor given as
 ``input_tensor`` is read with ``.detach().cpu().numpy()``); ``reshape_transform`` (token
@@ -47,11 +49,12 @@ from .. import graph
 from ..engines.cam import Taps, forward_taps, gradient_taps
 from ..methods.cam import ScoreCAM as _ScoreCAMEngine
 from ..runtime import Model, ModelSource
-from ..targets import ClassTarget, target as as_target
+from ..targets import ClassTarget, Target, target as as_target
 
 __all__ = ["GradCAM", "HiResCAM", "GradCAMPlusPlus", "XGradCAM", "LayerCAM", "EigenCAM",
            "EigenGradCAM", "GradCAMElementWise", "ScoreCAM", "BaseCAM",
-           "ClassifierOutputTarget", "show_cam_on_image", "scale_cam_image", "get_2d_projection",
+           "ClassifierOutputTarget", "ClassifierOutputSoftmaxTarget", "show_cam_on_image",
+           "scale_cam_image", "get_2d_projection",
            "preprocess_image", "as_numpy"]
 
 
@@ -62,15 +65,37 @@ def as_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def _category(category: Any, index: Any) -> Any:
+    if index is not None:  # a copy made by dataclasses.replace
+        return index
+    if isinstance(category, (bool, np.bool_)) or not isinstance(category, (int, np.integer)):
+        raise ValueError(f"category must be a class index (int), got {category!r}")
+    return int(category)
+
+
 @dataclass(frozen=True, init=False)
 class ClassifierOutputTarget(ClassTarget):
     """pytorch-grad-cam's ``ClassifierOutputTarget(category)``: the raw output (logit) of class
     ``category`` — an ``onnx_xai.targets.ClassTarget`` with ``index=category``."""
 
-    def __init__(self, category: int) -> None:
-        if isinstance(category, (bool, np.bool_)) or not isinstance(category, (int, np.integer)):
-            raise ValueError(f"category must be a class index (int), got {category!r}")
-        super().__init__(index=int(category))
+    def __init__(self, category: int | None = None, *, output: str | None = None,
+                 activation: str = "none", index: Any = None) -> None:
+        # the keywords are ClassTarget's fields, so that dataclasses.replace works on it
+        super().__init__(output=output, activation=activation, index=_category(category, index))
+
+    @property
+    def category(self) -> int:
+        return self.index
+
+
+@dataclass(frozen=True, init=False)
+class ClassifierOutputSoftmaxTarget(ClassTarget):
+    """pytorch-grad-cam's ``ClassifierOutputSoftmaxTarget(category)``: the softmax probability
+    of class ``category`` — a ``ClassTarget`` with ``activation="softmax"``."""
+
+    def __init__(self, category: int | None = None, *, output: str | None = None,
+                 activation: str = "softmax", index: Any = None) -> None:
+        super().__init__(output=output, activation=activation, index=_category(category, index))
 
     @property
     def category(self) -> int:
@@ -181,12 +206,12 @@ class BaseCAM:
         self.outputs: np.ndarray | None = None
 
     # -- what each method defines (pytorch-grad-cam's hooks, on NumPy activations / gradients)
-    def get_cam_weights(self, input_tensor: np.ndarray, target_layer: str, targets: np.ndarray,
+    def get_cam_weights(self, input_tensor: np.ndarray, target_layer: str, targets: Target,
                         activations: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
-        """``(B, C)`` channel weights."""
+        """``(B, C)`` channel weights (``targets``: the batch's ``Target``, classes resolved)."""
         raise NotImplementedError
 
-    def get_cam_image(self, input_tensor: np.ndarray, target_layer: str, targets: np.ndarray,
+    def get_cam_image(self, input_tensor: np.ndarray, target_layer: str, targets: Target,
                       activations: np.ndarray, grads: np.ndarray | None,
                       eigen_smooth: bool = False) -> np.ndarray:
         """``(B, *s)`` raw map of one layer: ``Σ_k w_k A_k`` (or its first principal component)."""
@@ -195,52 +220,53 @@ class BaseCAM:
         return get_2d_projection(weighted) if eigen_smooth else weighted.sum(axis=1)
 
     # -- the pipeline
-    def _taps(self, x: np.ndarray, layer: str, classes: np.ndarray | None) -> Taps:
+    def _taps(self, x: np.ndarray, layer: str, target: Target) -> Taps:
         run = gradient_taps if self.uses_gradients else forward_taps
-        return run(self.model, layer, x, classes, batch_size=self.batch_size)
+        return run(self.model, layer, x, target, batch_size=self.batch_size)
 
-    def _classes(self, targets: Any, x: np.ndarray) -> np.ndarray | None:
-        """``targets`` (None, one target, or one per image) → None or ``(B,)`` class indices."""
+    def _target(self, targets: Any, x: np.ndarray) -> Target:
+        """pytorch-grad-cam's ``targets`` (None, or one per image) as one ``Target`` for the
+        batch: class targets (``ClassifierOutputTarget`` / ``ClassTarget`` / ints) of one output
+        and activation become one ``ClassTarget`` with a class per image (None: its argmax);
+        a single ``onnx_xai.targets`` target (not in a list) applies to every image as it is."""
         n = x.shape[0]
         if targets is None:
-            return None
-        items = list(targets) if isinstance(targets, (list, tuple)) else [targets] * n
-        if len(items) != n:
-            raise ValueError(f"targets must hold one target per image: {len(items)} targets for "
+            return ClassTarget()
+        if not isinstance(targets, (list, tuple)):
+            return as_target(targets)
+        if len(targets) != n:
+            raise ValueError(f"targets must hold one target per image: {len(targets)} targets for "
                              f"a batch of {n}")
-        classes: list[int | None] = []
-        for item in items:
-            t = as_target(item)
-            first = self.model.output_names[0]
-            if (not isinstance(t, ClassTarget) or type(t).weights is not ClassTarget.weights
-                    or t.activation != "none" or t.output not in (None, first)):
-                raise NotImplementedError(
-                    f"{type(self).__name__} explains a class's raw output (ClassifierOutputTarget / "
-                    f"ClassTarget on {first!r}); got {t!r}")
-            if t.index is not None and np.ndim(t.index) != 0:
-                raise ValueError(f"each target names one class, got index {t.index!r}")
-            classes.append(None if t.index is None else int(t.index))
-        if all(c is None for c in classes):
-            return None
-        if any(c is None for c in classes):
-            top = self.model.predict(x, batch_size=self.batch_size, verbose=False)
-            top = top.reshape(n, top.shape[1], -1).max(-1).argmax(1)
+        items = [as_target(t) for t in targets]
+        first = items[0]
+        if any(not isinstance(t, ClassTarget) or type(t).weights is not ClassTarget.weights
+               or (t.output, t.activation) != (first.output, first.activation)
+               or (t.index is not None and np.ndim(t.index) != 0) for t in items):
+            raise NotImplementedError(
+                "a list of targets must be class targets (ClassifierOutputTarget / ClassTarget with "
+                "one class each) of one output and activation; pass a single onnx_xai target (not "
+                f"in a list) to explain anything else; got {items!r}")
+        classes = [t.index for t in items]
+        if any(c is None for c in classes) and not all(c is None for c in classes):
+            out = self.model.predict(x, outputs=first.output, batch_size=self.batch_size, verbose=False)
+            top = ClassTarget().classes(out)
             classes = [int(top[i]) if c is None else c for i, c in enumerate(classes)]
-        return np.asarray(classes, np.int64)
+        index = None if classes[0] is None else np.asarray(classes, np.int64)
+        return ClassTarget(output=first.output, activation=first.activation, index=index)
 
     def forward(self, input_tensor: Any, targets: Any = None, eigen_smooth: bool = False) -> np.ndarray:
         x = self.model.check_input(as_numpy(input_tensor))
         if x.ndim not in (4, 5):
             raise ValueError(f"input_tensor must be (B, C, H, W) or (B, C, H, W, D), got shape {x.shape}")
-        classes = self._classes(targets, x)
+        target = self._target(targets, x)
         size = (x.shape[-1], x.shape[-2]) if x.ndim == 4 else (x.shape[-1], x.shape[-2], x.shape[-3])
         per_layer = []
         for layer in self.target_layers:
-            taps = self._taps(x, layer, classes)
+            taps = self._taps(x, layer, target)
             self.outputs = taps.logits
             acts = taps.activations.astype(np.float32, copy=False)
             grads = None if taps.gradients is None else taps.gradients.astype(np.float32, copy=False)
-            cam = self.get_cam_image(x, layer, taps.class_idx, acts, grads, eigen_smooth)
+            cam = self.get_cam_image(x, layer, taps.target, acts, grads, eigen_smooth)
             per_layer.append(scale_cam_image(np.maximum(cam, 0), size)[:, None])
         return self.aggregate_multi_layers(per_layer)
 

@@ -11,12 +11,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
+from tqdm.auto import tqdm
 
-from .. import graph
+from .. import graph, targets
 from ..autodiff import gradient_model
 from ..autodiff.passes import constant_values
-from ..errors import UnsupportedModelError
-from ..finite import check_finite_output
+from ..errors import NonFiniteError, UnsupportedModelError
+from ..finite import check_finite_output, describe_nonfinite
 from ..runtime import Model
 
 _POOLS = ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "AveragePool")
@@ -27,38 +28,49 @@ _PASS = ("Flatten", "Reshape", "Squeeze", "Identity", "Dropout", "Relu", "Clip",
 @dataclass
 class Taps:
     """What one run gives a CAM method. ``activations``/``gradients``: ``(N, C, *s)``
-    (gradients None for gradient-free runs); ``logits``: ``(N, K[, ...])``; ``class_idx``:
-    ``(N,)``; ``scores``: ``(N,)`` float64 target score (the class logit, summed over space
-    for dense outputs)."""
+    (gradients None for gradient-free runs); ``logits``: the scored output ``(N, K[, ...])``;
+    ``target``: the ``Target`` explained, resolved per sample on these logits."""
 
     activations: np.ndarray
     gradients: np.ndarray | None
     logits: np.ndarray
-    class_idx: np.ndarray
+    target: targets.Target
 
     @property
     def scores(self) -> np.ndarray:
-        flat = self.logits.reshape(self.logits.shape[0], self.logits.shape[1], -1)
-        return flat[np.arange(len(flat)), self.class_idx].sum(-1, dtype=np.float64)
+        """``(N,)`` float64 target score of each sample (a class logit summed over the
+        positions of a dense output, for the default target)."""
+        return self.target(self.logits)
+
+    @property
+    def class_idx(self) -> np.ndarray:
+        """``(N,)`` class of each sample; ``ValueError`` for targets that are not a class."""
+        if not isinstance(self.target, targets.ClassTarget):
+            raise ValueError(f"this CAM needs a class target, got {self.target!r}")
+        return np.asarray(self.target.index)
+
+
+@dataclass(frozen=True)
+class GraphTaps:
+    """Tensor names a graph rule (``export_explainer``) reads: ``activations`` and
+    ``gradients`` ``(B, C, *s)`` (for input-gradient methods, the input and its gradient;
+    gradients None for gradient-free rules), the target ``score`` ``(B, 1, …)`` (None where a
+    per-sample positive factor cancels in the normalisation), the ``class_index`` ``(B,)``
+    int64, the ``rank`` of the activations and their ``channels``."""
+
+    activations: str
+    gradients: str | None
+    score: str | None
+    class_index: str
+    rank: int
+    channels: int = 0
+
+    @property
+    def spatial(self) -> list[int]:
+        return list(range(2, self.rank))
 
 
 # ---------------------------------------------------------------------------- running
-def class_indices(class_idx: Any, n: int, n_classes: int) -> np.ndarray:
-    """``class_idx`` (int or ``n`` ints, 0-based) as ``(n,)`` int64, or ``ValueError``."""
-    idx = np.asarray(class_idx)
-    if idx.ndim > 1 or idx.size not in (1, n) or idx.dtype.kind not in "iu":
-        raise ValueError(f"class_idx must be None, an int or {n} ints (one per sample), got {class_idx!r}")
-    idx = np.broadcast_to(idx.reshape(-1), (n,)).astype(np.int64)
-    if ((idx < 0) | (idx >= n_classes)).any():
-        raise ValueError(f"class_idx {idx.tolist()} out of range: the model has {n_classes} classes "
-                         f"(0-based indices 0..{n_classes - 1})")
-    return idx
-
-
-def _argmax(logits: np.ndarray) -> np.ndarray:
-    return logits.reshape(logits.shape[0], logits.shape[1], -1).max(-1).argmax(1)
-
-
 def _check_spatial(act: np.ndarray, layer: str) -> None:
     if act.ndim < 3:
         raise ValueError(f"target layer {layer!r} has shape {act.shape[1:]} per sample: a CAM needs "
@@ -75,39 +87,35 @@ def _check_finite(logits: np.ndarray, output: str, act: np.ndarray, layer: str,
         check_finite_output(grad, f"the gradient of output {output!r} w.r.t. layer {layer!r}")
 
 
-def forward_taps(model: Model, layer: str, x: np.ndarray, class_idx: Any = None,
+def forward_taps(model: Model, layer: str, x: np.ndarray, target: targets.Target,
                  batch_size: int = 8) -> Taps:
-    """Activations of ``layer`` and the logits, without gradients (one forward pass);
+    """Activations of ``layer`` and the scored output, without gradients (one forward pass);
     ``NonFiniteError`` when either is not finite."""
     tensor = graph.resolve_layer(model.require_proto("CAM"), layer)
     child = model.with_outputs([tensor])
-    out = model.output_names[0]
+    out = target.output or model.output_names[0]
     got = child.predict(x, outputs=[out, tensor], batch_size=batch_size, verbose=False)
     logits, act = got[out], got[tensor]
     model.check_class_output(out, logits.shape)
     _check_spatial(act, layer)
     _check_finite(logits, out, act, layer)
-    idx = _argmax(logits) if class_idx is None else class_indices(class_idx, len(x), logits.shape[1])
-    return Taps(act, None, logits, idx)
+    return Taps(act, None, logits, target.resolve(logits))
 
 
-def gradient_taps(model: Model, layer: str, x: np.ndarray, class_idx: Any = None,
-                  batch_size: int = 8, output: str | None = None) -> Taps:
-    """Activations of ``layer``, d(score)/d(activations) and the logits (of ``output``, default
-    the first) from one run of the gradient model per batch. With ``class_idx`` None the
-    argmax class is picked inside the graph (no extra forward pass) for ``(N, K)`` outputs.
-    ``NonFiniteError`` when the logits, activations or gradients are not finite."""
-    n = x.shape[0]
-    gm = gradient_model(model, [layer], output=output, batch_size=min(n, batch_size),
-                        input_shape=x.shape[1:])
-    if class_idx is not None:
-        class_idx = class_indices(class_idx, n, gm.output_shape[1])
-    res = gm.run(x, class_idx)
+def gradient_taps(model: Model, layer: str, x: np.ndarray, target: targets.Target,
+                  batch_size: int = 8) -> Taps:
+    """Activations of ``layer``, d(score)/d(activations) and the scored output from one run of
+    the gradient model per batch. The default target (each sample's argmax class) is picked
+    inside the graph (no extra forward pass) for ``(N, K)`` outputs. ``NonFiniteError`` when
+    the output, activations or gradients are not finite."""
+    gm = gradient_model(model, [layer], output=target.output, batch_size=min(x.shape[0], batch_size),
+                        input_shape=x.shape[1:], activation=target.activation)
+    res = gm.run(x, target)
     logits = res["outputs"][gm.output]
     act, grad = res["activations"][layer], res["gradients"][layer]
     _check_spatial(act, layer)
     _check_finite(logits, gm.output, act, layer, grad)
-    return Taps(act, grad, logits, _argmax(logits) if class_idx is None else class_idx)
+    return Taps(act, grad, logits, target.resolve(logits))
 
 
 # ---------------------------------------------------------------------------- resizing
@@ -173,6 +181,126 @@ def _scale(x: np.ndarray, flip: bool) -> np.ndarray:
         else:
             norm = (item - lo) / (hi - lo)
             out[i] = 1.0 - norm if flip else norm
+    return out
+
+
+# ---------------------------------------------------------------------------- methods
+class CAMMethod:
+    """Base of the CAM methods: constructor, ``compute_map`` / ``__call__`` plumbing.
+
+    A method class sets ``gradients`` (whether its rule reads dS/dA), its
+    ``default_postprocessing`` (data, not inheritance), its NumPy rule ``_map(taps, x, layer)
+    → (N, 1, *s)`` and, when exportable, ``graph_rule(builder, GraphTaps) → tensor name``.
+
+    Args:
+        model: anything ``Model`` accepts (``nn_module=``: MONAI's name for it).
+        target_layers: a layer name (node, tensor or dotted module path) or several;
+            ``layer_idx`` of a call picks one (default: the last).
+        upsampler: ``upsampler(spatial size)(raw map)`` (default: linear, as MONAI).
+        postprocessing: applied to the upsampled map (default: the class's).
+        batch_size: most samples per run.
+    """
+
+    gradients = True
+    default_postprocessing: Callable = staticmethod(minmax_normalizer)
+
+    def __init__(self, model: Any = None, target_layers: str | Sequence[str] | None = None,
+                 upsampler: Callable = None, postprocessing: Callable | None = None,
+                 batch_size: int = 8, *, nn_module: Any = None) -> None:
+        self.model = targets.as_model(targets.model_argument(model, nn_module, type(self).__name__))
+        layers = [target_layers] if isinstance(target_layers, str) else list(target_layers or ())
+        if not layers or not all(isinstance(l, str) and l for l in layers):
+            raise ValueError(f"target_layers must be a layer name or a sequence of them, got {target_layers!r}")
+        proto = self.model.require_proto("CAM")
+        for name in layers:
+            graph.resolve_layer(proto, name)  # unknown names fail here, listing close ones
+        self.target_layers = layers
+        self.batch_size = targets.positive_int("batch_size", batch_size)
+        self.upsampler = default_upsampler if upsampler is None else upsampler
+        self.postprocessing = type(self).default_postprocessing if postprocessing is None else postprocessing
+
+    @property
+    def hot(self) -> str:
+        """Which end of the post-processed map is important: ``"low"`` for MONAI's flipping
+        ``default_normalizer``, else ``"high"``."""
+        return "low" if self.postprocessing is default_normalizer else "high"
+
+    def target(self, class_idx: Any) -> targets.Target:
+        """``class_idx`` (None, an int, one int per sample, or a ``Target``) as a ``Target``."""
+        return targets.target(class_idx)
+
+    def compute_map(self, x: np.ndarray, class_idx: Any = None, layer_idx: int = -1) -> np.ndarray:
+        """Raw map ``(B, 1, *s)`` at the target layer's resolution for ``x`` ``(B, C, *spatial)``;
+        ``class_idx``: None (argmax per sample), an int, B ints (one per sample), or any
+        ``onnx_xai.targets`` target (e.g. a class summed over a region of a dense output).
+
+        NaN / inf in ``x``: ``ValueError`` (count, first index); in the model's output, the
+        layer's activations or gradients on ``x``, or in the map: ``NonFiniteError``."""
+        x = self.model.check_input(x)
+        if x.ndim < 3:
+            raise ValueError(f"x must be (B, C, *spatial), got shape {x.shape}")
+        if not isinstance(layer_idx, (int, np.integer)) or not (
+                -len(self.target_layers) <= layer_idx < len(self.target_layers)):
+            raise ValueError(f"layer_idx {layer_idx!r} out of range for target_layers {self.target_layers}")
+        layer = self.target_layers[layer_idx]
+        run = gradient_taps if self.gradients else forward_taps
+        raw = self._map(run(self.model, layer, x, self.target(class_idx), batch_size=self.batch_size), x, layer)
+        detail = describe_nonfinite(raw)  # the taps were finite (checked): the rule overflowed
+        if detail is not None:
+            raise NonFiniteError(f"{type(self).__name__}: the map of layer {layer!r} overflowed "
+                                 f"({detail}) although the activations and gradients are finite")
+        return raw
+
+    def __call__(self, x: np.ndarray, class_idx: Any = None, layer_idx: int = -1) -> np.ndarray:
+        """``postprocessing(upsampler(x spatial size)(compute_map(...)))`` → ``(B, 1, *spatial)``."""
+        raw = self.compute_map(x, class_idx, layer_idx)
+        return np.asarray(self.postprocessing(self.upsampler(np.shape(x)[2:])(raw)))
+
+    def feature_map_size(self, input_size: Sequence[int], layer_idx: int = -1) -> tuple:
+        """Shape of the raw map for an input of shape ``input_size`` (as MONAI)."""
+        return self.compute_map(np.zeros(tuple(input_size), np.float32), layer_idx=layer_idx).shape
+
+    def _map(self, t: Taps, x: np.ndarray, layer: str) -> np.ndarray:
+        raise NotImplementedError
+
+
+def weighted_sum(weights: np.ndarray, act: np.ndarray) -> np.ndarray:
+    """``relu(Σ_k w_k A_k)`` → ``(N, 1, *s)`` float32; ``weights`` ``(N, C)`` or like ``act``."""
+    w = weights.reshape(weights.shape + (1,) * (act.ndim - weights.ndim))
+    return np.maximum((w * act).sum(1, keepdims=True), 0.0).astype(np.float32)
+
+
+def weighted_sum_graph(b: graph.NodeBuilder, weights: str, t: GraphTaps) -> str:
+    """Graph form of ``weighted_sum``: ``Relu(ReduceSum(weights · A, channels))``."""
+    return b.op("Relu", [b.reduce("ReduceSum", b.op("Mul", [weights, t.activations]), [1])])
+
+
+def channel_scores(method: Any, x: np.ndarray, t: Taps) -> np.ndarray:
+    """Score-CAM's ``(N, C)`` target scores of ``x`` masked by each activation channel
+    (upsampled linearly with ``align_corners=True``, min-max scaled ÷ (max − min + 1e-8)),
+    run ``method.batch_size`` at a time through ``method.model``; channels with a constant
+    activation mask the input to zero and share one forward pass. NaN where a run is not finite."""
+    n, c = t.activations.shape[:2]
+    out = np.empty((n, c))
+    with tqdm(total=n * c, desc="ScoreCAM", unit="mask", disable=not method.verbose, delay=1.0,
+              leave=False) as bar:
+        for i in range(n):
+            act, target = t.activations[i], t.target.select(np.array([i]))
+            score = lambda batch: target(method.model.predict(batch, outputs=target.output,
+                                                              batch_size=method.batch_size, verbose=False))
+            lo, hi = act.reshape(c, -1).min(1), act.reshape(c, -1).max(1)
+            live = np.flatnonzero(hi > lo)
+            if live.size < c:  # constant channel → all-zero mask → one shared forward pass
+                out[i, hi <= lo] = score(np.zeros_like(x[i])[None])[0]
+                bar.update(c - live.size)
+            for s in range(0, live.size, method.batch_size):
+                ks = live[s:s + method.batch_size]
+                up = linear_resize(act[None, ks], x.shape[2:], align_corners=True)[0]
+                flat = up.reshape(len(ks), -1)
+                lift = (-1,) + (1,) * (up.ndim - 1)
+                masks = (up - flat.min(1).reshape(lift)) / (flat.max(1) - flat.min(1) + 1e-8).reshape(lift)
+                out[i, ks] = score(x[i][None] * masks[:, None])
+                bar.update(len(ks))
     return out
 
 

@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 from ..errors import NonFiniteError
 from ..finite import check_finite_array, check_finite_output, finite_rows, warn_nonfinite
 from ..kernels import surrogate as kern
+from .. import targets
 from ..runtime import Model
-from ..scores import activation, class_scores
 from .segmentation import grid_labels, superpixel_labels
 
 SEGMENTATIONS = ("grid", "superpixels")
@@ -39,10 +39,9 @@ MAX_EXHAUSTIVE = 20  # KernelSHAP enumerates all 2^M coalitions only up to this 
 
 
 def class_score_fn(activate: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """``activate`` (True / False / callable, see ``scores.activation``) → raw output batch ↦
-    ``(b, K)`` float64 class scores. The one place the surrogate methods read ``scores``."""
-    act = activation(activate)
-    return lambda raw: class_scores(raw, act, len(raw))
+    """``activate`` (True / False / callable, see ``targets.class_scorer``) → raw output batch ↦
+    ``(b, K)`` float64 class scores. The one place the surrogate methods read class scores."""
+    return targets.class_scorer(activate)
 
 
 @dataclass

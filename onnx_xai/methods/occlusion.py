@@ -11,12 +11,12 @@ from typing import Callable, Sequence, Union
 import numpy as np
 from scipy.special import erf
 
+from .. import targets
 from ..engines.occlusion import Occluder, blend, occlusion_scores
 from ..finite import check_number
 from ..kernels.occlusion import argmax_first_axis
-from ..adapters.monai import model_argument
-from ..runtime import Model, ModelSource
-from ..scores import activation, class_scores
+from ..registry import method
+from ..runtime import ModelSource
 
 Mode = Union[str, float, Callable]
 
@@ -66,6 +66,9 @@ def importance_map(mask: Sequence[int], gaussian: bool) -> np.ndarray:
     return np.maximum(weight, max(float(weight.min()), 1e-3)).astype(np.float32)
 
 
+@method("occlusion", kind="occlusion", summary="MONAI-style occlusion sensitivity (score drop when a window is hidden)",
+        flags={"mask_size": "mask_size", "overlap": "overlap", "batch": "n_batch"},
+        defaults={"mask_size": 32, "overlap": 0.5, "n_batch": 16}, signed=True)
 class OcclusionSensitivity:
     """Occlusion sensitivity with MONAI's arguments and numbers, on an ONNX model.
 
@@ -106,7 +109,7 @@ class OcclusionSensitivity:
     def __init__(self, model: ModelSource = None, mask_size: int | Sequence[int] = 16, n_batch: int = 16,
                  verbose: bool = True, mode: Mode = "gaussian", overlap: float = 0.6,
                  activate: bool | Callable = True, *, nn_module: ModelSource = None) -> None:
-        model = model_argument(model, nn_module, "OcclusionSensitivity")  # MONAI's name: nn_module
+        model = targets.model_argument(model, nn_module, "OcclusionSensitivity")  # MONAI's name: nn_module
         if isinstance(mode, str) and mode not in ("gaussian", "mean_patch", "mean_img"):
             raise ValueError(f"mode must be 'gaussian', 'mean_patch', 'mean_img', a number or a "
                              f"callable, got {mode!r}")
@@ -116,15 +119,14 @@ class OcclusionSensitivity:
         if isinstance(mode, (int, float, np.number)):
             check_number("mode (the occlusion value)", mode)
         overlap = check_number("overlap", overlap, 0.0, 1.0, open_max=True)
-        if not isinstance(n_batch, (int, np.integer)) or n_batch < 1:
-            raise ValueError(f"n_batch must be a positive integer, got {n_batch!r}")
-        self.model = model if isinstance(model, Model) else Model(model)
-        self.mask_size, self.n_batch, self.verbose = mask_size, int(n_batch), verbose
+        self.model = targets.as_model(model)
+        self.mask_size, self.verbose = mask_size, verbose
+        self.n_batch = targets.positive_int("n_batch", n_batch)
         self.mode, self.overlap, self.activate = mode, float(overlap), activate
-        self._scores = activation(activate)
+        self._scores = targets.class_scorer(activate)
 
-    def __call__(self, x: np.ndarray, b_box: Sequence[int] | None = None,
-                 **extra_inputs) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, x: np.ndarray, b_box: Sequence[int] | None = None, *,
+                 target: targets.Target | None = None, **extra_inputs) -> tuple[np.ndarray, np.ndarray]:
         """Occlusion map and most probable class.
 
         Args:
@@ -133,6 +135,9 @@ class OcclusionSensitivity:
                 ``min ≤ i < max`` per axis (max *exclusive*, as MONAI behaves; its docstring
                 says inclusive); −1 means the full extent. Windows may reach (mask−1)//2
                 beyond the box.
+            target: an ``onnx_xai.targets`` target (a class through its activation, a region
+                of a dense output, any output tensor): the map is then its score, ``K = 1``
+                (``activate`` is not used); None: every class, as MONAI.
             extra_inputs: the model's other inputs, passed with every batch.
         Returns:
             ``occ_map`` ``(1, K, *spatial)`` float32 — the activated class scores with each
@@ -154,9 +159,14 @@ class OcclusionSensitivity:
         axes = [window_starts(r, m, self.overlap) for r, m in zip(region, mask)]
         starts = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(spatial))
         lo = starts + np.asarray(crop_lo)
+        if target is not None:  # resolved on the unoccluded input (its class, its region)
+            target = targets.target(target)
+            raw = self.model.predict(x, outputs=self.model.check_outputs(target.output)[0],
+                                     extra_inputs=extra_inputs, verbose=False)
+            score = targets.item_scorers(target, None, raw)[0][0]
         scores = occlusion_scores(
             self.model, x, lo, lo + np.asarray(mask), self._occluder(x, mask),
-            lambda out: class_scores(out, self._scores, len(out)),
+            self._scores if target is None else score, output=None if target is None else target.output,
             n_batch=self.n_batch, extra_inputs=extra_inputs, verbose=self.verbose,
             desc="OcclusionSensitivity",
             nonfinite_rule="they are left out of the blend (points only they cover take the "

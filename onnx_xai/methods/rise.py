@@ -6,19 +6,16 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from .. import targets
 from ..errors import NonFiniteError
 from ..finite import check_finite_output, check_number, finite_rows, warn_nonfinite
 from ..kernels import rise as kernel
-from ..runtime import Model, ModelSource
-from ..scores import activation, check_index, class_scores
+from ..registry import method
+from ..runtime import ModelSource
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
+@method("rise", kind="perturbation", summary="RISE (random masks weighted by the class score)",
+        flags={"n_masks": "n_masks", "seed": "seed", "batch": "n_batch"}, defaults={"n_masks": 1000, "seed": 0})
 class RISE:
     """Randomized Input Sampling for Explanation, for 2D ``(B, C, H, W)`` and 3D ``(B, C, H, W, D)`` inputs.
 
@@ -45,19 +42,21 @@ class RISE:
     def __init__(self, model: ModelSource, n_masks: int = 4000, cell_size: int | tuple[int, ...] = 7,
                  p1: float = 0.5, n_batch: int = 32, *, seed: int | None = None,
                  activate: Any = True, verbose: bool | None = None) -> None:
-        self.model = model if isinstance(model, Model) else Model(model)
-        self.n_masks = _positive_int("n_masks", n_masks)
-        self.n_batch = _positive_int("n_batch", n_batch)
+        self.model = targets.as_model(model)
+        self.n_masks = targets.positive_int("n_masks", n_masks)
+        self.n_batch = targets.positive_int("n_batch", n_batch)
         cells = cell_size if isinstance(cell_size, (tuple, list)) else (cell_size,)
-        self.cell_size = tuple(_positive_int("cell_size", c) for c in cells)
+        self.cell_size = tuple(targets.positive_int("cell_size", c) for c in cells)
         self.p1 = check_number("p1", p1, 0.0, 1.0, open_min=True, open_max=True)
         self.seed = seed
-        self.activate = activation(activate)
+        targets.class_scorer(activate)  # checked here
+        self.activate = activate
         self.verbose = verbose
 
     def __call__(self, x: Any, index: Any = None, *, extra_inputs: dict | None = None) -> np.ndarray:
         """Saliency of ``x`` ``(B, C, *spatial)`` for class ``index`` (None: the top class of each item;
-        an int; or a sequence of classes) → ``(B, n_index, *spatial)`` float32."""
+        an int; or a sequence of classes; or an ``onnx_xai.targets`` target, scored with its own
+        activation) → ``(B, n_index, *spatial)`` float32."""
         x = self.model.check_input(x)
         if x.dtype.kind != "f":
             raise ValueError(f"RISE multiplies the input by soft masks, which needs a floating-point "
@@ -68,11 +67,13 @@ class RISE:
             raise ValueError(f"RISE takes (B, C, H, W) or (B, C, H, W, D) inputs, got shape {x.shape}")
         if len(self.cell_size) not in (1, len(spatial)):
             raise ValueError(f"cell_size needs 1 or {len(spatial)} values, got {self.cell_size}")
-        raw = self.model.predict(x, extra_inputs=extra_inputs, verbose=False)
-        check_finite_output(raw, f"output {self.model.output_names[0]!r}")
-        base = class_scores(raw, self.activate, len(x))
-        check_finite_output(base, f"the score (activated output {self.model.output_names[0]!r})")
-        classes = check_index(index, base.shape[1])
+        output = index.output if isinstance(index, targets.Target) else None
+        output = self.model.check_outputs(output)[0]
+        raw = self.model.predict(x, outputs=output, extra_inputs=extra_inputs, verbose=False)
+        check_finite_output(raw, f"output {output!r}")
+        scorers, _ = targets.item_scorers(index, self.activate, raw, many=True)
+        for item, score in enumerate(scorers):
+            check_finite_output(score(raw[item:item + 1]), f"the score (of output {output!r})")
         nb = min(self.n_batch, self.n_masks)
         masks = kernel.MaskBatch(spatial, x.shape[1], tuple(np.broadcast_to(self.cell_size, len(spatial))),
                                  self.p1, nb)
@@ -81,15 +82,17 @@ class RISE:
         with tqdm(total=self.n_masks * len(x), unit="mask", desc="RISE", disable=not show,
                   delay=1.0, leave=False) as bar:
             for item, xi in enumerate(x):
-                cls = classes if classes is not None else [int(np.argmax(base[item]))]
+                score = scorers[item]
                 extra = _item(extra_inputs, item, len(x))
                 masks.reset(self.seed)  # every item sees the same masks
-                sal = np.zeros((len(cls), xi[0].size), np.float64)
+                sal = None
                 finite = 0
                 for start in range(0, self.n_masks, nb):
                     n = min(nb, self.n_masks - start)
-                    raw = self.model.predict(masks.fill(xi, n), extra_inputs=extra, verbose=False)
-                    weights = class_scores(raw, self.activate, n)[:, cls]
+                    weights = score(self.model.predict(masks.fill(xi, n), outputs=output,
+                                                       extra_inputs=extra, verbose=False))
+                    if sal is None:
+                        sal = np.zeros((weights.shape[1], xi[0].size), np.float64)
                     ok = finite_rows(weights)
                     finite += int(ok.sum())
                     masks.accumulate(np.where(ok[:, None], weights, 0.0), sal)  # 0: left out
