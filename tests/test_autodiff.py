@@ -15,10 +15,9 @@ from onnx_xai import Model, UnsupportedModelError, assets
 from onnx_xai.autodiff import available_backends, cache, gradient_model, gradients, passes
 from onnx_xai.targets import RegionTarget
 
-from conftest import SmallResNet, export_onnx, randomize_bn
-
 torch = pytest.importorskip("torch")
 nn = torch.nn
+from torch_models import SmallResNet, export_onnx, randomize_bn  # noqa: E402
 
 BACKENDS = [pytest.param("portable"), pytest.param(
     "ort-training", marks=pytest.mark.skipif("ort-training" not in available_backends(),

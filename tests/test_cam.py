@@ -11,7 +11,7 @@ monai_cam = pytest.importorskip("monai.visualize.class_activation_maps")
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from conftest import SmallResNet, export_onnx, randomize_bn  # noqa: E402
+from torch_models import SmallResNet, export_onnx, randomize_bn  # noqa: E402
 from onnx_xai import Model, UnsupportedModelError  # noqa: E402
 from onnx_xai.engines.cam import linear_resize  # noqa: E402
 from onnx_xai.matlab import grad_cam, imresize_matrix  # noqa: E402

@@ -173,7 +173,7 @@ def test_output_requested_twice_is_returned_once(x):
 def test_gradcampp_large_scores_match_monais_float64_map():
     torch = pytest.importorskip("torch")
     monai_cam = pytest.importorskip("monai.visualize.class_activation_maps")
-    from conftest import SmallResNet, export_onnx, randomize_bn
+    from torch_models import SmallResNet, export_onnx, randomize_bn
 
     torch.manual_seed(4)
     net = randomize_bn(SmallResNet(5))

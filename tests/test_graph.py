@@ -8,10 +8,9 @@ import pytest
 
 from onnx_xai import Model, assets, graph
 
-from conftest import export_onnx
-
 torch = pytest.importorskip("torch")
 nn = torch.nn
+from torch_models import export_onnx  # noqa: E402
 
 
 class Twice(nn.Module):

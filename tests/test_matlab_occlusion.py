@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from onnx_xai import Model, occlusion_sensitivity
 from onnx_xai.matlab import imresize_matrix, mask_positions
 
-from conftest import export_onnx
+torch = pytest.importorskip("torch")
+from torch_models import export_onnx  # noqa: E402
 
 C, H, W, K = 3, 10, 12, 4
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import onnx_xai
 from onnx_xai import Model, OcclusionSensitivity
 
-from conftest import export_onnx
+torch = pytest.importorskip("torch")
+from torch_models import export_onnx  # noqa: E402
 
 monai_vis = pytest.importorskip("monai.visualize")
 monai_nets = pytest.importorskip("monai.networks.nets")

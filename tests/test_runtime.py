@@ -14,7 +14,6 @@ from onnx import TensorProto, helper, numpy_helper
 import onnx_xai
 from onnx_xai import DeviceError, Model
 
-from conftest import export_onnx
 
 
 def _graph_model(nodes, inputs, outputs, inits=()):
@@ -60,6 +59,8 @@ def test_io_binding_path_equals_plain_run(tiny_cnn, rng):
 def test_fixed_batch_model_is_made_dynamic(tiny_cnn, rng):
     net, _ = tiny_cnn
     import torch
+    from torch_models import export_onnx
+
     data = export_onnx(net, torch.randn(1, 3, 16, 16), dynamic_batch=False)
     assert onnx.load_from_string(data).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     model = Model(data)
@@ -99,8 +100,9 @@ def test_fixed_batch_model_with_silent_wrong_batch_is_detected(rng):
 
 
 def test_two_input_model_passes_the_other_input_through(rng):
-    import torch
+    torch = pytest.importorskip("torch")
     from torch import nn
+    from torch_models import export_onnx
 
     class TwoInputs(nn.Module):
         def __init__(self):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
-from conftest import export_onnx
-from onnx_xai import (GuidedBackpropGrad, GuidedBackpropSmoothGrad, InputXGradient,
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from torch_models import export_onnx  # noqa: E402
+from onnx_xai import (GuidedBackpropGrad, GuidedBackpropSmoothGrad, InputXGradient,  # noqa: E402
                       IntegratedGradients, Model, SaliencyNet, SmoothGrad, VanillaGrad)
-from onnx_xai.methods.saliency_net import to_greyscale
+from onnx_xai.methods.saliency_net import to_greyscale  # noqa: E402
 
 
 class Net2d(nn.Module):

@@ -23,7 +23,7 @@ def test_import_pulls_in_neither_torch_nor_matplotlib():
 # ---------------------------------------------------------------- blend_images vs MONAI
 @pytest.mark.parametrize("cmap,tol", [("hsv", 0.0), ("jet", 0.0), ("gray", 0.0), ("viridis", 2e-3), ("magma", 2e-3)])
 def test_blend_images_equals_monai_2d(rng, cmap, tol):
-    from monai.visualize.utils import blend_images as monai_blend
+    monai_blend = pytest.importorskip("monai.visualize.utils").blend_images
 
     img = rng.random((1, 20, 30)).astype(np.float32)
     lab = ((rng.random((1, 20, 30)) > 0.5) * rng.random((1, 20, 30))).astype(np.float32)
@@ -36,7 +36,7 @@ def test_blend_images_equals_monai_2d(rng, cmap, tol):
 @pytest.mark.parametrize("kwargs", [dict(alpha=0.3), dict(rescale_arrays=False, transparent_background=False),
                                     dict(alpha="array"), dict(cmap="jet", transparent_background=False)])
 def test_blend_images_equals_monai_3d_rgb(rng, kwargs):
-    from monai.visualize.utils import blend_images as monai_blend
+    monai_blend = pytest.importorskip("monai.visualize.utils").blend_images
 
     img = rng.random((3, 8, 9, 10))
     lab = rng.integers(0, 4, (1, 8, 9, 10)).astype(np.float32) / 3  # values in [0, 1], zeros = background
@@ -89,7 +89,7 @@ def test_montage_equals_monai_matshow3d(rng, name, make, kwargs):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from monai.visualize.utils import matshow3d as monai_matshow3d
+    monai_matshow3d = pytest.importorskip("monai.visualize.utils").matshow3d
 
     vol = make(rng)
     fig, ref = monai_matshow3d(vol, **kwargs)
@@ -105,7 +105,7 @@ def test_matshow3d_figure_when_matplotlib_is_there(rng):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from monai.visualize.utils import matshow3d as monai_matshow3d
+    monai_matshow3d = pytest.importorskip("monai.visualize.utils").matshow3d
 
     vol = rng.random((6, 5, 4))
     fig, im = vis.matshow3d(vol, title="t", frames_per_row=4)
@@ -260,7 +260,7 @@ class FakeWriter:
 @pytest.mark.parametrize("shape,max_channels", [((2, 5, 6), 1), ((2, 3, 5, 6), 2), ((2, 3, 5, 6), 3),
                                                  ((1, 4, 5, 6), 3)])
 def test_plot_2d_images_same_calls_as_monai(rng, shape, max_channels):
-    from monai.visualize.img2tensorboard import plot_2d_or_3d_image as monai_plot
+    monai_plot = pytest.importorskip("monai.visualize.img2tensorboard").plot_2d_or_3d_image
 
     data = rng.random(shape).astype(np.float32) * 7 - 2
     ours, ref = FakeWriter(), FakeWriter()
