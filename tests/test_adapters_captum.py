@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
 
 captum_attr = pytest.importorskip("captum.attr")
 from captum.attr import visualization as ref_viz  # noqa: E402
 from captum.attr._core import noise_tunnel as ref_nt_module  # noqa: E402
 
-from conftest import SmallResNet, export_onnx, randomize_bn  # noqa: E402
+from torch_models import SmallResNet, export_onnx, randomize_bn  # noqa: E402
 from onnx_xai.adapters import captum as ours  # noqa: E402
 from onnx_xai.targets import ClassTarget  # noqa: E402
 
@@ -201,6 +202,22 @@ def test_noise_tunnel_integrated_gradients(small, same_noise):
         x, nt_samples=3, stdevs=0.2, target=1, baselines=b, n_steps=8, return_convergence_delta=True, seed=12)
     close(got, ref)
     np.testing.assert_allclose(delta, ref_delta.numpy(), atol=1e-4)
+
+
+def test_softmax_targets_for_gradient_methods(small, same_noise):
+    net, onnx_bytes, x = small
+    prob = ClassTarget(index=[1, 2], activation="softmax")
+
+    def soft(t):
+        return torch.softmax(net(t), 1)
+    tx = torch.from_numpy(x)
+    close(ours.Saliency(onnx_bytes).attribute(x, target=prob, abs=False),
+          captum_attr.Saliency(soft).attribute(tx, target=[1, 2], abs=False))
+    close(ours.IntegratedGradients(onnx_bytes).attribute(x, target=prob, n_steps=10),
+          captum_attr.IntegratedGradients(soft).attribute(tx, target=[1, 2], n_steps=10))
+    same_noise(13, 0.1, 2, 4, x.shape[1:])
+    close(ours.NoiseTunnel(ours.Saliency(onnx_bytes)).attribute(x, nt_samples=4, stdevs=0.1, target=prob, seed=13),
+          captum_attr.NoiseTunnel(captum_attr.Saliency(soft)).attribute(tx, nt_samples=4, stdevs=0.1, target=[1, 2]))
 
 
 # ---------------------------------------------------------------------------- visualization

@@ -6,6 +6,8 @@ with torch 2.14.1, torchvision 0.29.1, grad-cam). Elsewhere it is skipped.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -17,7 +19,7 @@ from pytorch_grad_cam.utils.image import preprocess_image as ref_preprocess  # n
 from pytorch_grad_cam.utils.image import show_cam_on_image as ref_show  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget as RefTarget  # noqa: E402
 
-from conftest import SmallResNet, export_onnx, randomize_bn  # noqa: E402
+from torch_models import SmallResNet, export_onnx, randomize_bn  # noqa: E402
 from onnx_xai.adapters import pytorch_grad_cam as ours  # noqa: E402
 from onnx_xai.targets import ClassTarget  # noqa: E402
 
@@ -77,6 +79,16 @@ def test_aug_smooth(resnet):
     np.testing.assert_allclose(got, ref, atol=TOL)
 
 
+@pytest.mark.parametrize("name", ["GradCAM", "ScoreCAM"])
+def test_softmax_target(resnet, name):
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget as RefSoftmax
+    net, onnx_bytes, x = resnet
+    ref = reference(name, net, [net.layer4[-1]], x, [RefSoftmax(1), RefSoftmax(3)])
+    got = getattr(ours, name)(onnx_bytes, ["layer4"])(
+        x, [ours.ClassifierOutputSoftmaxTarget(1), ours.ClassifierOutputSoftmaxTarget(3)])
+    np.testing.assert_allclose(got, ref, atol=TOL)
+
+
 def test_targets_in_every_spelling(resnet):
     net, onnx_bytes, x = resnet
     cam = ours.GradCAM(onnx_bytes, "layer4")
@@ -85,10 +97,11 @@ def test_targets_in_every_spelling(resnet):
         np.testing.assert_array_equal(cam(torch.from_numpy(x), targets), want)
     assert isinstance(ours.ClassifierOutputTarget(7), ClassTarget)
     assert ours.ClassifierOutputTarget(7).category == 7
+    assert dataclasses.replace(ours.ClassifierOutputTarget(7), index=2).index == 2
     with pytest.raises(ValueError, match="one target per image"):
         cam(x, [ours.ClassifierOutputTarget(1)])
-    with pytest.raises(NotImplementedError, match="raw output"):
-        cam(x, [ClassTarget(index=1, activation="softmax")] * 2)
+    with pytest.raises(NotImplementedError, match="one output and activation"):
+        cam(x, [ClassTarget(index=1), ClassTarget(index=1, activation="softmax")])
     with pytest.raises(NotImplementedError, match="reshape_transform"):
         ours.GradCAM(onnx_bytes, ["layer4"], reshape_transform=lambda t: t)
     with pytest.raises(ValueError, match="layer"):
