@@ -8,34 +8,49 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-torch = pytest.importorskip("torch")
-from torch_models import SmallResNet, export_onnx, randomize_bn  # noqa: E402
-import onnx_xai  # noqa: E402
-from onnx_xai import CAM, DeviceError, GradCAM, GradCAMpp, Model, OcclusionSensitivity  # noqa: E402
-from onnx_xai import graph  # noqa: E402
-from onnx_xai.runtime import copy_session_options  # noqa: E402
-
-monai_visualize = pytest.importorskip("monai.visualize")
+import onnx_xai
+from onnx_xai import CAM, DeviceError, GradCAM, GradCAMpp, Model, OcclusionSensitivity
+from onnx_xai import graph
+from onnx_xai.runtime import copy_session_options
 
 
 @pytest.fixture(scope="module")
 def resnet():
+    """(torch module, ONNX bytes, x) of a small ResNet; skips without torch."""
+    torch = pytest.importorskip("torch")
+    from torch_models import SmallResNet, export_onnx, randomize_bn
+
     torch.manual_seed(0)
     net = randomize_bn(SmallResNet(n_classes=5))
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 30)).astype(np.float32)
     return net, export_onnx(net, torch.from_numpy(x)), x
 
 
+@pytest.fixture(scope="module")
+def monai_visualize():
+    return pytest.importorskip("monai.visualize")
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """(ONNX path, x, a layer tensor) of the shipped EfficientNet-Lite0 (no torch needed)."""
+    path = onnx_xai.assets.efficientnet_lite0()
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    return path, x, graph.resolve_layer(Model(path).proto, "_swish_1")
+
+
 # ---------------------------------------------------------------------------- MONAI
 @pytest.mark.parametrize("name", ["GradCAM", "GradCAMpp"])
-def test_monai_cams_take_nn_module(resnet, name):
+def test_monai_cams_take_nn_module(resnet, monai_visualize, name):
+    import torch
     net, onnx_bytes, x = resnet
     ref = getattr(monai_visualize, name)(nn_module=net, target_layers="layer4")(torch.from_numpy(x), class_idx=2)
     got = getattr(onnx_xai, name)(nn_module=onnx_bytes, target_layers="layer4")(x, class_idx=2)
     np.testing.assert_allclose(got, ref.detach().numpy(), atol=1e-4)
 
 
-def test_monai_cam_and_occlusion_take_nn_module(resnet):
+def test_monai_cam_and_occlusion_take_nn_module(resnet, monai_visualize):
+    import torch
     net, onnx_bytes, x = resnet
     ref = monai_visualize.CAM(nn_module=net, target_layers="layer4", fc_layers="fc")(torch.from_numpy(x))
     got = CAM(nn_module=onnx_bytes, target_layers="layer4", fc_layers="fc")(x)
@@ -47,12 +62,12 @@ def test_monai_cam_and_occlusion_take_nn_module(resnet):
     np.testing.assert_array_equal(got_cls, ref_cls.numpy())
 
 
-def test_nn_module_errors(resnet):
-    _, onnx_bytes, _ = resnet
+def test_nn_module_errors(shipped):
+    onnx_bytes = shipped[0]
     with pytest.raises(TypeError, match="twice"):
-        GradCAM(onnx_bytes, "layer4", nn_module=onnx_bytes)
+        GradCAM(onnx_bytes, "_swish_1", nn_module=onnx_bytes)
     with pytest.raises(TypeError, match="needs a model"):
-        GradCAMpp(target_layers="layer4")
+        GradCAMpp(target_layers="_swish_1")
     with pytest.raises(TypeError, match="twice"):
         OcclusionSensitivity(onnx_bytes, nn_module=onnx_bytes)
     with pytest.raises(ValueError, match="target_layers"):
@@ -60,11 +75,11 @@ def test_nn_module_errors(resnet):
 
 
 # ---------------------------------------------------------------------------- ONNX Runtime
-def test_providers_decide_the_device(resnet, caplog):
-    _, onnx_bytes, x = resnet
+def test_providers_decide_the_device(shipped, caplog):
+    onnx_bytes, x, layer = shipped
     cpu = Model(onnx_bytes, providers=["CPUExecutionProvider"])
     assert cpu.device == "cpu" and cpu.session.get_providers() == ["CPUExecutionProvider"]
-    derived = cpu.with_outputs([graph.resolve_layer(cpu.proto, "layer4")])
+    derived = cpu.with_outputs([layer])
     assert derived.session.get_providers() == ["CPUExecutionProvider"]
     np.testing.assert_allclose(derived.predict(x), cpu.predict(x), rtol=1e-6)
     works, _ = onnx_xai.cuda_status()
@@ -83,13 +98,13 @@ def test_providers_decide_the_device(resnet, caplog):
         Model(onnx_bytes, providers=["NoSuchExecutionProvider"])
     with pytest.raises(ValueError, match="non-empty list"):
         Model(onnx_bytes, providers="CPUExecutionProvider")
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(onnx_bytes), providers=["CPUExecutionProvider"])
     with pytest.raises(ValueError, match="brings its own"):
         Model(session, providers=["CPUExecutionProvider"])
 
 
-def test_device_cuda_is_gpu(resnet):
-    _, onnx_bytes, _ = resnet
+def test_device_cuda_is_gpu(shipped):
+    onnx_bytes = shipped[0]
     if onnx_xai.cuda_status()[0]:
         assert Model(onnx_bytes, device="cuda").device == "gpu"
     else:
@@ -99,8 +114,8 @@ def test_device_cuda_is_gpu(resnet):
         Model(onnx_bytes, device="tpu")
 
 
-def test_sess_options_are_the_base_of_every_session(resnet, tmp_path):
-    _, onnx_bytes, x = resnet
+def test_sess_options_are_the_base_of_every_session(shipped, tmp_path):
+    onnx_bytes, x, layer = shipped
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.intra_op_num_threads = 2
@@ -114,13 +129,13 @@ def test_sess_options_are_the_base_of_every_session(resnet, tmp_path):
     assert got.enable_mem_pattern is False and got.intra_op_num_threads == 2
     assert got.get_session_config_entry("session.set_denormal_as_zero") == "1"
     assert (tmp_path / "optimized.onnx").is_file()
-    derived = model.with_outputs([graph.resolve_layer(model.proto, "layer4")]).session.get_session_options()
+    derived = model.with_outputs([layer]).session.get_session_options()
     assert derived.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     assert derived.optimized_model_filepath == ""  # a rewritten graph never overwrites the user's file
     assert opts.intra_op_num_threads == 2 and opts.log_severity_level == -1  # the user's object untouched
     one = Model(onnx_bytes, sess_options=opts, threads=1)  # threads still applies
     assert one.threads == 1 and one.session.get_session_options().intra_op_num_threads == 1
-    np.testing.assert_allclose(one.predict(x), Model(onnx_bytes).predict(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(one.predict(x), Model(onnx_bytes).predict(x), rtol=1e-4, atol=1e-4)
     assert copy_session_options(None).log_severity_level == 3
     with pytest.raises(TypeError, match="SessionOptions"):
         Model(onnx_bytes, sess_options={"intra_op_num_threads": 2})
