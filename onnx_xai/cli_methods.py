@@ -1,87 +1,34 @@
-"""Method registry of the ``onnx-xai`` command: method names → the library's classes.
+"""The command line's view of the method registry (``onnx_xai.registry``).
 
-A method is listed only when its class can be imported from ``onnx_xai``, so the command
-grows as methods land. Every runner returns one map per input, ``(*spatial)`` float32,
-where higher means "more important for the target class".
+Each registered method says which ``--flags`` set which of its arguments; ``--option
+KEY=VALUE`` sets any other argument its class takes (checked: a key it does not take is an
+error). Every runner returns one map per input, ``(*spatial)`` float32, where higher means
+"more important for the target class".
 """
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
-import onnx_xai
-
-from .methods.cam import minmax_normalizer
+from . import registry, targets
+from .engines.cam import minmax_normalizer
+from .registry import MethodInfo
 from .runtime import Model
-from . import targets
 
-
-@dataclass
-class Method:
-    """One CLI method: the ``onnx_xai`` attribute it needs, how options map to arguments."""
-
-    name: str
-    attr: str
-    kind: str  # "occlusion", "matlab", "cam", "gradient", "rise"
-    help: str
-    options: dict[str, str] = field(default_factory=dict)  # CLI option → constructor argument
-    defaults: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def available(self) -> bool:
-        return getattr(onnx_xai, self.attr, None) is not None
-
-
-_CAM = {"layer": "target_layers", "batch": "batch_size"}
-_GRAD = {"batch": "batch_size"}
-_NOISY = dict(_GRAD, samples="n_samples", seed="seed")
-METHODS = {m.name: m for m in [
-    Method("occlusion", "OcclusionSensitivity", "occlusion",
-           "MONAI-style occlusion sensitivity (score drop when a window is hidden)",
-           {"mask_size": "mask_size", "overlap": "overlap", "batch": "n_batch"},
-           {"mask_size": 32, "overlap": 0.5, "n_batch": 16}),
-    Method("matlab-occlusion", "occlusion_sensitivity", "matlab",
-           "MATLAB-style occlusionSensitivity (score change, softmax scores)",
-           {"mask_size": "mask_size", "stride": "stride", "batch": "mini_batch_size"},
-           {"mini_batch_size": 16}),
-    Method("gradcam", "GradCAM", "cam", "Grad-CAM on a convolutional layer", _CAM),
-    Method("gradcampp", "GradCAMpp", "cam", "Grad-CAM++ (MONAI's weights)", _CAM),
-    Method("cam", "CAM", "cam", "class activation map (fc weights on the last conv layer)", _CAM),
-    Method("scorecam", "ScoreCAM", "cam", "Score-CAM (gradient-free, masked forward passes)", _CAM),
-    Method("layercam", "LayerCAM", "cam", "Layer-CAM", _CAM),
-    Method("xgradcam", "XGradCAM", "cam", "XGrad-CAM", _CAM),
-    Method("hirescam", "HiResCAM", "cam", "HiResCAM (elementwise gradient x activation)", _CAM),
-    Method("eigencam", "EigenCAM", "cam", "EigenCAM (first principal component, class-agnostic)", _CAM),
-    Method("vanilla", "VanillaGrad", "gradient", "input gradient (absolute, summed over channels)", _GRAD),
-    Method("inputxgrad", "InputXGradient", "gradient", "input x gradient", _GRAD),
-    Method("smoothgrad", "SmoothGrad", "gradient", "SmoothGrad", _NOISY, {"n_samples": 25}),
-    Method("guided", "GuidedBackpropGrad", "gradient", "guided backpropagation", _GRAD),
-    Method("guided-smoothgrad", "GuidedBackpropSmoothGrad", "gradient", "SmoothGrad of guided backpropagation",
-           _NOISY, {"n_samples": 25}),
-    Method("ig", "IntegratedGradients", "gradient", "integrated gradients (zero baseline)",
-           {"steps": "n_steps", "seed": "seed", "batch": "internal_batch_size"}, {"n_steps": 50}),
-    Method("rise", "RISE", "rise", "RISE (random masks weighted by the class score)",
-           {"n_masks": "n_masks", "seed": "seed", "batch": "n_batch"}, {"n_masks": 1000, "seed": 0}),
-]}
 # arguments the command line sets itself, never from --option
-_RESERVED = {"model", "net", "X", "channel_idx", "verbose"}
+_RESERVED = {"model", "net", "X", "channel_idx", "verbose", "nn_module"}
 
 
 def available() -> list[str]:
-    """Names of the methods whose classes this installation has."""
-    return [name for name, m in METHODS.items() if m.available]
+    """Names of the registered methods."""
+    return registry.names()
 
 
-def get(name: str) -> Method:
-    """The method ``name``, or ``ValueError`` saying which ones exist here."""
-    method = METHODS.get(name)
-    if method is None or not method.available:
-        why = "is not available in this version" if method else "is unknown"
-        raise ValueError(f"method {name!r} {why}; available: {', '.join(available())}")
-    return method
+def get(name: str) -> MethodInfo:
+    """The method ``name``, or ``ValueError`` listing the registered ones."""
+    return registry.get(name)
 
 
 def parse_methods(text: str) -> list[str]:
@@ -107,10 +54,9 @@ def default_layer(model: Model, sidecar: dict) -> str:
     return max(layers, key=lambda l: order.get(l.node, -1)).node
 
 
-def parameters(method: Method) -> list[str]:
+def parameters(method: MethodInfo) -> list[str]:
     """The arguments of the method's class that ``--option`` may set."""
-    params = inspect.signature(getattr(onnx_xai, method.attr)).parameters
-    return [k for k in params if k not in _RESERVED]
+    return [k for k in inspect.signature(method.impl).parameters if k not in _RESERVED]
 
 
 def method_arguments(name: str, options: dict) -> dict:
@@ -120,14 +66,14 @@ def method_arguments(name: str, options: dict) -> dict:
     method = get(name)
     valid = parameters(method)
     params = dict(method.defaults)
-    for opt, arg in method.options.items():
+    for opt, arg in method.flags.items():
         if options.get(opt) is not None:
             params[arg] = options[opt]
     extra = dict(options.get("extra") or {})
     unknown = sorted(set(extra) - set(valid))
     if unknown:
         raise ValueError(f"--option {', '.join(unknown)}: not an argument of method {name!r} "
-                         f"({method.attr}); it takes: {', '.join(valid)}")
+                         f"({method.impl.__name__}); it takes: {', '.join(valid)}")
     params.update(extra)
     return params
 
@@ -141,10 +87,10 @@ def check_options(names: list[str], options: dict, model: Model, sidecar: dict) 
         method = get(name)
         params = _constructor_arguments(method, method_arguments(name, options), model, sidecar)
         if method.kind != "matlab":
-            _build(name, lambda: getattr(onnx_xai, method.attr)(model, **params), options)
+            _build(name, lambda: method.impl(model, **params), options)
 
 
-def _constructor_arguments(method: Method, params: dict, model: Model, sidecar: dict) -> dict:
+def _constructor_arguments(method: MethodInfo, params: dict, model: Model, sidecar: dict) -> dict:
     """``params`` completed with what the command line decides itself (CAM layer and hot = 1)."""
     if method.kind == "cam":  # hot = 1: MONAI's default normaliser would flip the map
         params.setdefault("target_layers", default_layer(model, sidecar))
@@ -166,14 +112,6 @@ def _build(name: str, build: Callable[[], Any], options: dict) -> Any:
         raise ValueError(f"method {name!r} with --option {given}: {exc}") from None
 
 
-def _call_with_target(obj: Any, x: np.ndarray, target: int) -> Any:
-    params = inspect.signature(obj.__call__).parameters
-    for key in ("class_idx", "index", "target", "channel_idx"):
-        if key in params:
-            return obj(x, **{key: target})
-    return obj(x, target)
-
-
 def _to_map(result: Any, spatial: tuple[int, ...]) -> np.ndarray:
     """A method's output → one ``spatial``-shaped map (|·| summed over channels for gradients)."""
     arr = np.asarray(result[0] if isinstance(result, tuple) else result, np.float32)
@@ -188,21 +126,21 @@ def _to_map(result: Any, spatial: tuple[int, ...]) -> np.ndarray:
 
 def run(name: str, model: Model, x: np.ndarray, target: int, options: dict, sidecar: dict,
         verbose: bool = False) -> tuple[np.ndarray, dict]:
-    """Explain ``x`` ``(1, C, *spatial)`` for class ``target`` → (map over ``spatial``, parameters used)."""
+    """Explain ``x`` ``(1, C, *spatial)`` for class ``target`` → (map over ``spatial``, parameters used).
+
+    The class target is the logit, or its softmax probability for methods registered with
+    ``score="softmax"`` (occlusion, RISE: the probability drop / weight)."""
     method = get(name)
     params = _constructor_arguments(method, method_arguments(name, options), model, sidecar)
-    cls = getattr(onnx_xai, method.attr)
     spatial = tuple(x.shape[2:])
-    run_params = dict(params, verbose=verbose) if "verbose" in inspect.signature(cls).parameters else params
-    if method.kind == "matlab":
-        result = _build(name, lambda: cls(model, x[0], target, **run_params), options)
+    takes_verbose = "verbose" in inspect.signature(method.impl).parameters
+    run_params = dict(params, verbose=verbose) if takes_verbose else params
+    if method.kind == "matlab":  # a MATLAB-style function of one observation
+        result = _build(name, lambda: method.impl(model, x[0], target, **run_params), options)
         return _to_map(result, spatial), _recordable(params)
-    explainer = _build(name, lambda: cls(model, **run_params), options)
-    if method.kind == "occlusion":  # MONAI returns the occluded probability: turn it into a drop
-        occ = np.asarray(explainer(x)[0], np.float32)[0, target]
-        base = targets.class_scorer(True)(model.predict(x, verbose=False))[0, target]
-        return (np.float32(base) - occ).astype(np.float32), _recordable(params)
-    return _to_map(_call_with_target(explainer, x, target), spatial), _recordable(params)
+    explainer = _build(name, lambda: method.impl(model, **run_params), options)
+    result = explainer.explain(x, targets.ClassTarget(index=target, activation=method.score))
+    return _to_map(result, spatial), _recordable(params)
 
 
 def _recordable(params: dict) -> dict:

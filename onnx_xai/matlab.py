@@ -15,12 +15,16 @@ from .engines.cam import last_spatial_layer
 from .engines.occlusion import Occluder, fill_nearest, occlusion_scores
 from .finite import check_finite_array, check_finite_input, check_finite_output, finite_rows
 from .methods.cam import GradCAM
+from .registry import method
 from .runtime import Model, ModelSource, sigmoid, softmax
 
 Size = Union[str, int, Sequence[int]]
 _ENVIRONMENTS = ("auto", "gpu", "cpu")
 
 
+@method("matlab-occlusion", kind="matlab", summary="MATLAB-style occlusionSensitivity (score change, softmax scores)",
+        flags={"mask_size": "mask_size", "stride": "stride", "batch": "mini_batch_size"},
+        defaults={"mini_batch_size": 16}, signed=True)
 def occlusion_sensitivity(net: ModelSource, X: np.ndarray, channel_idx: int | Sequence[int], *,
                           mask_size: Size = "auto", stride: Size = "auto",
                           mask_value: str | float | Sequence[float] = "auto",

@@ -38,6 +38,7 @@ class MethodInfo:
     flags: dict[str, str] = field(default_factory=dict)  # CLI flag → constructor argument
     defaults: dict[str, Any] = field(default_factory=dict)  # CLI defaults of arguments
     signed: bool = False  # maps have both signs (drawn on a diverging scale)
+    score: str = "none"  # the command line's target: the class logit ("none") or its "softmax"
 
     @property
     def exportable(self) -> bool:
@@ -50,9 +51,12 @@ _REGISTRY: dict[str, MethodInfo] = {}
 
 
 def method(name: str, *, kind: str, summary: str, flags: dict[str, str] | None = None,
-           defaults: dict[str, Any] | None = None, signed: bool = False) -> Callable:
+           defaults: dict[str, Any] | None = None, signed: bool = False,
+           score: str = "none") -> Callable:
     """Class (or function) decorator: register the method under ``name``; the class gets
-    its ``MethodInfo`` as ``cls.info``."""
+    its ``MethodInfo`` as ``cls.info``. A registered class explains a ``Target`` with
+    ``explain(x, target) → (B, 1 or C, *spatial)`` (higher = more important); ``score`` is
+    the activation of the command line's class target (``"none"``: the logit)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     unknown = set(flags or {}) - set(FLAGS)
@@ -62,7 +66,7 @@ def method(name: str, *, kind: str, summary: str, flags: dict[str, str] | None =
     def register(impl: Any) -> Any:
         if name in _REGISTRY and _REGISTRY[name].impl.__qualname__ != impl.__qualname__:
             raise ValueError(f"method name {name!r} is taken by {_REGISTRY[name].impl.__qualname__}")
-        info = MethodInfo(name, kind, summary, impl, dict(flags or {}), dict(defaults or {}), signed)
+        info = MethodInfo(name, kind, summary, impl, dict(flags or {}), dict(defaults or {}), signed, score)
         _REGISTRY[name] = info
         impl.info = info
         return impl

@@ -256,6 +256,10 @@ class CAMMethod:
         raw = self.compute_map(x, class_idx, layer_idx)
         return np.asarray(self.postprocessing(self.upsampler(np.shape(x)[2:])(raw)))
 
+    def explain(self, x: np.ndarray, target: targets.Target) -> np.ndarray:
+        """The registry's protocol: ``(B, 1, *spatial)`` post-processed map of ``target``."""
+        return self(x, target)
+
     def feature_map_size(self, input_size: Sequence[int], layer_idx: int = -1) -> tuple:
         """Shape of the raw map for an input of shape ``input_size`` (as MONAI)."""
         return self.compute_map(np.zeros(tuple(input_size), np.float32), layer_idx=layer_idx).shape

@@ -68,7 +68,7 @@ def importance_map(mask: Sequence[int], gaussian: bool) -> np.ndarray:
 
 @method("occlusion", kind="occlusion", summary="MONAI-style occlusion sensitivity (score drop when a window is hidden)",
         flags={"mask_size": "mask_size", "overlap": "overlap", "batch": "n_batch"},
-        defaults={"mask_size": 32, "overlap": 0.5, "n_batch": 16}, signed=True)
+        defaults={"mask_size": 32, "overlap": 0.5, "n_batch": 16}, signed=True, score="softmax")
 class OcclusionSensitivity:
     """Occlusion sensitivity with MONAI's arguments and numbers, on an ONNX model.
 
@@ -177,6 +177,17 @@ class OcclusionSensitivity:
                 slice(f.start - l, f.stop - l) for f, l in zip(final, crop_lo))])
         classes = argmax_first_axis(occ.reshape(occ.shape[0], -1)).reshape((1, 1) + occ.shape[1:])
         return occ[None], classes
+
+    def explain(self, x: np.ndarray, target: targets.Target, **extra_inputs) -> np.ndarray:
+        """The registry's protocol: ``(1, 1, *spatial)`` drop of ``target``'s score when each
+        region is hidden (its score on ``x`` minus the blended occluded scores)."""
+        target = targets.target(target)
+        raw = self.model.predict(x, outputs=self.model.check_outputs(target.output)[0],
+                                 extra_inputs=extra_inputs, verbose=False)
+        target = target.resolve(raw)
+        base = target(raw)
+        occ, _ = self(x, target=target, **extra_inputs)
+        return (base.reshape((-1,) + (1,) * (occ.ndim - 1)) - occ).astype(np.float32)
 
     # ------------------------------------------------------------------ pieces
     def _mask_size(self, sd: int) -> tuple[int, ...]:

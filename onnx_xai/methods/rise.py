@@ -14,8 +14,9 @@ from ..registry import method
 from ..runtime import ModelSource
 
 
-@method("rise", kind="perturbation", summary="RISE (random masks weighted by the class score)",
-        flags={"n_masks": "n_masks", "seed": "seed", "batch": "n_batch"}, defaults={"n_masks": 1000, "seed": 0})
+@method("rise", kind="perturbation", summary="RISE (random masks weighted by the class probability)",
+        flags={"n_masks": "n_masks", "seed": "seed", "batch": "n_batch"}, defaults={"n_masks": 1000, "seed": 0},
+        score="softmax")
 class RISE:
     """Randomized Input Sampling for Explanation, for 2D ``(B, C, H, W)`` and 3D ``(B, C, H, W, D)`` inputs.
 
@@ -106,6 +107,11 @@ class RISE:
         warn_nonfinite("RISE", dropped, self.n_masks * len(x), "masked copies",
                        "the map averages the finite ones")
         return np.stack(result).reshape(len(x), -1, *spatial).astype(np.float32)
+
+
+    def explain(self, x: np.ndarray, target: targets.Target) -> np.ndarray:
+        """The registry's protocol: ``(B, 1, *spatial)`` RISE map of ``target``."""
+        return self(x, target)
 
 
 def _item(extra: dict | None, item: int, n: int) -> dict | None:

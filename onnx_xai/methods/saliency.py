@@ -67,6 +67,10 @@ class VanillaGrad:
             out[images] = res["gradients"][self.model.input_name]
         return out
 
+    def explain(self, x: np.ndarray, target: targets.Target) -> np.ndarray:
+        """The registry's protocol: ``(N, C, *spatial)`` attributions of ``target``."""
+        return self(x, target)
+
     @staticmethod
     def graph_rule(b: Any, taps: Any) -> str:
         """Export: the saliency is the input gradient itself."""
