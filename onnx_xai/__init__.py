@@ -9,7 +9,8 @@ from .methods.rise import RISE
 from .methods.saliency import (GuidedBackpropGrad, GuidedBackpropSmoothGrad, InputXGradient,
                                IntegratedGradients, SmoothGrad, VanillaGrad)
 from .methods.saliency_net import SaliencyNet
-from .methods.cam import CAM, EigenCAM, GradCAM, GradCAMpp, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
+from .methods.cam import (CAM, EigenCAM, GradCAM, GradCAMElementWise, GradCAMpp, HiResCAM, LayerCAM,
+                          ScoreCAM, XGradCAM)
 from .matlab import grad_cam
 from .export import export_explainer
 
@@ -19,7 +20,7 @@ __all__ = [
     "RISE", "metrics", "synthetic",
     "VanillaGrad", "SmoothGrad", "GuidedBackpropGrad", "GuidedBackpropSmoothGrad",
     "IntegratedGradients", "InputXGradient", "SaliencyNet",
-    "CAM", "GradCAM", "GradCAMpp", "ScoreCAM", "LayerCAM", "XGradCAM", "HiResCAM", "EigenCAM", "grad_cam",
+    "CAM", "GradCAM", "GradCAMpp", "ScoreCAM", "LayerCAM", "XGradCAM", "HiResCAM", "EigenCAM", "GradCAMElementWise", "grad_cam",
 ]
 __all__ += ["export_explainer"]
 __version__ = "0.1.0"

@@ -15,8 +15,8 @@ from torch_models import SmallResNet, export_onnx, randomize_bn  # noqa: E402
 from onnx_xai import Model, UnsupportedModelError  # noqa: E402
 from onnx_xai.engines.cam import linear_resize  # noqa: E402
 from onnx_xai.matlab import grad_cam, imresize_matrix  # noqa: E402
-from onnx_xai.methods.cam import (CAM, EigenCAM, GradCAM, GradCAMpp, HiResCAM, LayerCAM,  # noqa: E402
-                                  ScoreCAM, XGradCAM, minmax_normalizer)
+from onnx_xai.methods.cam import (CAM, EigenCAM, GradCAM, GradCAMElementWise, GradCAMpp,  # noqa: E402
+                                  HiResCAM, LayerCAM, ScoreCAM, XGradCAM, minmax_normalizer)
 
 TOL = 1e-4
 
@@ -148,6 +148,7 @@ def test_family_equals_torch_formulas(resnet):
         LayerCAM: (np.maximum(g, 0) * a).sum(1),
         XGradCAM: (((g * a).sum(ax) / (a.sum(ax) + 1e-7))[..., None, None] * a).sum(1),
         HiResCAM: (g * a).sum(1),
+        GradCAMElementWise: np.maximum(g * a, 0).sum(1),
     }
     for cls_, ref in refs.items():
         method = cls_(model, "layer4")
@@ -272,3 +273,19 @@ def test_matlab_grad_cam_matches_monai_gradcam(resnet):
         grad_cam(model, X, 2, output_upsampling="bilinear")
     with pytest.raises(ValueError, match="out of range"):
         grad_cam(model, X, 9)
+
+
+def test_a_new_cam_class_reaches_the_cli_and_export(resnet, tmp_path):
+    """GradCAMElementWise was added as one class: the registry gives it to the command line and
+    to export_explainer, whose graph equals the Python class."""
+    from onnx_xai import cli_methods, registry
+    from onnx_xai.export import export_explainer, export_methods
+
+    net, model = resnet
+    assert registry.get("gradcam-elementwise").impl is GradCAMElementWise
+    assert "gradcam-elementwise" in cli_methods.available() and "gradcam-elementwise" in export_methods()
+    x = np.random.default_rng(3).random((2, 3, 64, 64), np.float32)
+    proto = export_explainer(model, "gradcam-elementwise", "layer4")
+    session = Model(proto.SerializeToString(), device="cpu", verbose=False)
+    got = session.predict(x, outputs=["saliency"], extra_inputs={"class_idx": np.array([3, 1])})["saliency"]
+    _close(got, GradCAMElementWise(model, "layer4")(x, [3, 1]), 1e-5)

@@ -31,7 +31,8 @@ from ..finite import warn_nonfinite
 from ..registry import method
 
 __all__ = ["CAM", "GradCAM", "GradCAMpp", "ScoreCAM", "LayerCAM", "XGradCAM", "HiResCAM",
-           "EigenCAM", "default_normalizer", "minmax_normalizer", "default_upsampler"]
+           "EigenCAM", "GradCAMElementWise", "default_normalizer", "minmax_normalizer",
+           "default_upsampler"]
 _FLAGS = {"layer": "target_layers", "batch": "batch_size"}
 
 
@@ -244,3 +245,16 @@ class ScoreCAM(CAMMethod):
         scores = np.where(ok, scores, -np.inf)
         w = np.exp(scores - scores.max(1, keepdims=True))
         return weighted_sum(w / w.sum(1, keepdims=True), t.activations)
+
+
+@method("gradcam-elementwise", kind="cam", summary="Grad-CAM element-wise (pytorch-grad-cam)", flags=_FLAGS)
+class GradCAMElementWise(CAMMethod):
+    """Grad-CAM element-wise, as pytorch-grad-cam's ``GradCAMElementWise``: the gradient and
+    activation are multiplied position by position and rectified before the channel sum,
+    ``Σ_k relu(g_k ⊙ A_k)``; hot = 1 by default."""
+
+    def _map(self, t: Taps, x: np.ndarray, layer: str) -> np.ndarray:
+        return np.maximum(t.gradients * t.activations, 0.0).sum(1, keepdims=True).astype(np.float32)
+
+    def graph_rule(self, b: graph.NodeBuilder, t: GraphTaps) -> str:
+        return b.reduce("ReduceSum", b.op("Relu", [b.op("Mul", [t.gradients, t.activations])]), [1])
