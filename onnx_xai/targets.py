@@ -92,7 +92,8 @@ def top_class(out: np.ndarray) -> np.ndarray:
     """``(N,)`` argmax class of ``(N, K, *s)`` outputs (of each class's largest value)."""
     out = np.asarray(out)
     if out.ndim < 2:
-        raise ValueError(f"class scores must be (N, K, ...), got shape {out.shape}")
+        raise ValueError(f"the output has shape {out.shape}: one value per sample, not class scores "
+                         "(B, K, ...); explain it with an OutputTarget")
     return out.reshape(out.shape[0], out.shape[1], -1).max(-1).argmax(1)
 
 
@@ -187,8 +188,9 @@ class ClassTarget(Target):
     def weights(self, out: np.ndarray) -> np.ndarray:
         out = np.asarray(out)
         if out.ndim < 2:
-            raise ValueError(f"a class target needs (N, K, ...) class scores; the output has shape "
-                             f"{out.shape}: use OutputTarget for one value per sample")
+            raise ValueError(f"the output has shape {out.shape}: one value per sample, not class scores "
+                             "(B, K, ...); explain it with an OutputTarget, or export the model with a "
+                             "(B, 1) output")
         w = np.zeros(out.shape, np.float32)
         w[np.arange(len(out)), self.classes(out)] = 1.0
         return w

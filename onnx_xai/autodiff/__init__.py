@@ -330,7 +330,7 @@ def gradient_model(model, wrt: str | Sequence[str] | None = None, *, output: str
     wrt = [model.input_name] if wrt is None else [wrt] if isinstance(wrt, str) else list(wrt)
     if not wrt or len(set(wrt)) != len(wrt) or not all(isinstance(w, str) for w in wrt):
         raise ValueError(f"wrt must be distinct names of the input and/or layers, got {wrt!r}")
-    output = model.check_class_output(output)
+    output = model.check_outputs(output)[0]
     batch_size = targets.positive_int("batch_size", batch_size)
     backend = _backend(backend)
     shapes = input_shapes(model, 1, input_shape, extra_shapes)

@@ -130,7 +130,7 @@ def sample_gradients(method: Any, x: np.ndarray, sampling: Sampling, target: tar
     b = _balanced(total, method.batch_size)
     extra_shapes = {k: v.shape[1:] for k, v in extra.items()
                     if v.ndim == len(next(i for i in model.inputs if i.name == k).shape)}
-    gm = gradient_model(model, output=method.output, batch_size=b, input_shape=x.shape[1:],
+    gm = gradient_model(model, output=target.output or method.output, batch_size=b, input_shape=x.shape[1:],
                         extra_shapes=extra_shapes or None, guided=method.guided,
                         activation=target.activation)
     if not target.argmax:

@@ -52,7 +52,7 @@ class VanillaGrad:
     def __init__(self, model: ModelSource, *, batch_size: int = 16, output: str | None = None) -> None:
         self.model = targets.as_model(model)
         self.batch_size = targets.positive_int("batch_size", batch_size)
-        self.output = self.model.check_class_output(output)
+        self.output = self.model.check_outputs(output)[0]
 
     def target(self, index: Any) -> targets.Target:
         """``index`` (a class shorthand or a ``Target``) as a ``Target`` of this method's output."""
