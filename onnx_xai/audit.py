@@ -13,7 +13,6 @@ import contextlib
 import ctypes
 import errno
 import hashlib
-import io
 import json
 import multiprocessing
 import os
@@ -28,21 +27,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import __version__, cli_methods, metrics
-from .errors import OnnxXaiError
-from .preprocess import ImageSpec, load_labels, read_image
+from . import __version__, cli_methods, metrics, targets
+from .errors import OnnxXaiError, one_line
+from .preprocess import IMAGE_SUFFIXES, ImageSpec, Sample, load_sample, read_sidecar
 from .runtime import Model
-from . import targets
-from .visualize import save_explanation
-from .visualize._io import atomic_write_bytes, encode_png
-from .visualize.colorbars import add_colorbar
-from .visualize.colors import color_scale, normalize
+from .visualize import atomic_write_bytes, encode_png, normalize, save_explanation, volume_picture
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MARKER = "done.json"
 LOCK = ".onnx-xai.lock"
 
@@ -268,63 +261,7 @@ class Config:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def read_sidecar(model_path: str | os.PathLike) -> dict:
-    """The model's JSON sidecar (same stem) as a dict, or {}."""
-    path = Path(model_path).with_suffix(".json")
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read the sidecar {str(path)!r}: {exc}") from exc
-
-
-def read_labels(model_path: str | os.PathLike, sidecar: dict, labels_file: str | None) -> list[str] | None:
-    """Class names from ``--labels``, the sidecar's ``labels`` file or its ``classes`` list."""
-    if labels_file:
-        return load_labels(labels_file)
-    value = sidecar.get("labels", sidecar.get("classes"))
-    if isinstance(value, str):
-        return load_labels(Path(model_path).parent / value)
-    return [str(v) for v in value] if isinstance(value, list) else None
-
-
-def image_spec(model: Model, sidecar: dict, prep: dict) -> ImageSpec:
-    """Image preprocessing: the sidecar, then the model's input shape, then the flags."""
-    kw: dict[str, Any] = {k: sidecar[k] for k in ("layout", "color", "scale") if k in sidecar}
-    for key in ("mean", "std"):
-        if key in sidecar:
-            kw[key] = tuple(float(v) for v in np.atleast_1d(sidecar[key]))
-    size = sidecar.get("size")
-    kw["size"] = tuple(size) if isinstance(size, list) and len(size) == 2 else None
-    kw.update({k: v for k, v in prep.items() if k in ("size", "mean", "std", "layout", "scale") and v is not None})
-    shape = model.input.shape
-    if len(shape) == 4:
-        nchw = kw.get("layout", "nchw") == "nchw"
-        hw, channels = (shape[2:4], shape[1]) if nchw else (shape[1:3], shape[3])
-        if kw["size"] is None and all(isinstance(d, int) for d in hw):
-            kw["size"] = tuple(hw)
-        if channels == 1 and "color" not in kw:
-            kw["color"] = "gray"
-        for key in ("mean", "std"):
-            n = len(kw.get(key) or ())
-            if isinstance(channels, int) and n not in (0, 1, channels):
-                source = "--" + key if prep.get(key) is not None else f"the sidecar's {key!r}"
-                raise ValueError(f"{source} has {n} values but the model's input has {channels} "
-                                 f"channels: give {channels} values or one for all")
-    return ImageSpec(**kw)
-
-
 # ---------------------------------------------------------------------- inputs
-@dataclass
-class Sample:
-    """One loaded input: the model input ``x`` ``(1, C, *spatial)`` and a picture of it."""
-
-    path: Path
-    x: np.ndarray
-    display: np.ndarray  # (H, W, 3) uint8 for images, (*spatial) float for arrays
-
-
 def collect_inputs(paths: list[str], exclude: str | os.PathLike | None = None,
                    skipped: list[Path] | None = None) -> list[Path]:
     """Files named, and the images / ``.npy`` files inside folders named (recursively, sorted);
@@ -418,114 +355,24 @@ def input_keys(files: list[Path]) -> list[str]:
     return keys
 
 
-def load_sample(path: Path, model: Model, spec: ImageSpec) -> Sample:
-    """Read an image (preprocessed by ``spec``) or a ``.npy`` array (one sample, batch optional)."""
-    if path.suffix.lower() == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except Exception as exc:  # numpy raises several types for bad files
-            raise ValueError(f"cannot read {path.name} as a .npy array: {exc}") from None
-        want = model.input.shape
-        if arr.ndim == len(want) - 1:
-            arr = arr[None]
-        if arr.ndim != len(want) or arr.shape[0] != 1:
-            raise ValueError(f"{path.name}: array of shape {arr.shape} is not one sample of the model "
-                             f"input {model.input.describe()}")
-        if arr.dtype.kind in "iub" and model.input.dtype.kind == "f":
-            arr = arr.astype(np.float32)
-        try:
-            x = model.check_input(arr)
-        except ValueError as exc:
-            raise ValueError(f"{path.name}: {exc}") from None
-        return Sample(path, x, _array_display(x[0]))
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise ValueError(f"{path.name}: not an image ({', '.join(IMAGE_SUFFIXES)}) or .npy file")
-    image = read_image(path)
-    x = spec.to_input(image)
-    try:
-        x = model.check_input(x)
-    except ValueError as exc:
-        raise ValueError(f"{path.name}: {exc}; set the preprocessing with --size/--layout") from None
-    if spec.layout == "nhwc":
-        raise ValueError("methods explain channel-first inputs; an NHWC model cannot be explained yet")
-    shown = image if spec.size is None else cv2.resize(image, (spec.size[1], spec.size[0]),
-                                                       interpolation=cv2.INTER_AREA)
-    return Sample(path, x, shown)
-
-
-def _array_display(sample: np.ndarray) -> np.ndarray:
-    """``(C, *spatial)`` → RGB uint8 for 3-channel 2D arrays, else the channel mean (float)."""
-    if sample.ndim == 3 and sample.shape[0] == 3:
-        img = np.moveaxis(sample, 0, -1).astype(np.float32)
-        lo, hi = img.min(axis=(0, 1)), img.max(axis=(0, 1))
-        return np.round(255 * (img - lo) / np.where(hi > lo, hi - lo, 1)).astype(np.uint8)
-    return sample.mean(axis=0).astype(np.float32)
-
-
 # ---------------------------------------------------------------------- pictures
-def _rgb(img: np.ndarray) -> np.ndarray:
-    if img.dtype == np.uint8:
-        return img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
-    return np.repeat(np.round(255 * normalize(img))[..., None], 3, axis=2).astype(np.uint8)
-
-
-def _volume_slices(depth: int, n: int = 16) -> np.ndarray:
-    return np.unique(np.linspace(0, depth - 1, min(n, depth)).round().astype(int))
-
-
-def _tile(frames: list[np.ndarray], per_row: int = 4, margin: int = 2) -> np.ndarray:
-    h, w = frames[0].shape[:2]
-    rows = -(-len(frames) // per_row)
-    grid = np.full((rows * (h + margin) - margin, per_row * (w + margin) - margin, 3), 255, np.uint8)
-    for i, f in enumerate(frames):
-        r, c = divmod(i, per_row)
-        grid[r * (h + margin):r * (h + margin) + h, c * (w + margin):c * (w + margin) + w] = f
-    return grid
-
-
-def volume_picture(volume: np.ndarray, map: np.ndarray | None = None, alpha: float = 0.5, *,
-                   signed: bool | str = "auto", percentile: float | None = None,
-                   colorbar: bool = True) -> np.ndarray:
-    """Slices along the last axis of ``(H, W, D)`` as a grid, the map over them on one colour
-    scale for the whole volume (min-max ``jet``, or centred on 0 in ``rdbu_r`` for a map with
-    both signs: see ``visualize.color_scale``), with its colour bar on the right."""
-    vol = _rgb(volume.reshape(volume.shape[0], -1)).reshape(*volume.shape, 3)
-    scale = None if map is None else color_scale(map, signed=signed, percentile=percentile)
-    heat = None if map is None else scale.colors(map.reshape(map.shape[0], -1)).reshape(*map.shape, 3)
-    frames = []
-    for d in _volume_slices(volume.shape[-1]):
-        f = vol[:, :, d].astype(np.float32)
-        if heat is not None:
-            f = (1 - alpha) * f + alpha * heat[:, :, d]
-        frames.append(cv2.resize(np.round(f).astype(np.uint8), (96, 96), interpolation=cv2.INTER_NEAREST))
-    grid = _tile(frames)
-    return add_colorbar(grid, scale) if scale is not None and colorbar else grid
-
-
 def input_picture(sample: Sample) -> np.ndarray:
-    """What the report shows for the input."""
-    return volume_picture(sample.display) if sample.display.ndim == 3 and sample.display.dtype != np.uint8 \
-        else _rgb(sample.display)
+    """What the report shows for the input: the image, a grey picture of a 2D array, or a
+    volume's slice grid."""
+    display = sample.display
+    if display.dtype == np.uint8:
+        return display if display.ndim == 3 else np.repeat(display[..., None], 3, axis=2)
+    if display.ndim == 3:
+        return volume_picture(display)
+    return np.repeat(np.round(255 * normalize(display))[..., None], 3, axis=2).astype(np.uint8)
 
 
 def save_map(stem: Path, sample: Sample, smap: np.ndarray, meta: dict,
              percentile: float | None = None) -> dict[str, str]:
-    """Overlay PNG + raw ``.npy`` + JSON for a 2D map (``save_explanation``) or a 3D one (slice
-    grid); ``percentile``: colours clipped at that percentile of ``|map|`` (gradient maps)."""
-    if smap.ndim == 2:
-        paths = save_explanation(stem, sample.display, smap, meta, percentile=percentile)
-        return {k: p.name for k, p in paths.items()}
-    buf = io.BytesIO()
-    np.save(buf, smap, allow_pickle=False)
-    record = dict(meta, map={"shape": list(smap.shape), "dtype": str(smap.dtype),
-                             "min": float(smap.min()), "max": float(smap.max())})
-    names = {k: f"{stem.name}.{k}" for k in ("png", "npy", "json")}
-    record["files"] = {k: names[k] for k in ("png", "npy")}
-    png = encode_png(volume_picture(sample.display, smap, percentile=percentile))
-    atomic_write_bytes(stem.with_suffix(".png"), png)
-    atomic_write_bytes(stem.with_suffix(".npy"), buf.getvalue())
-    atomic_write_bytes(stem.with_suffix(".json"), json.dumps(record, indent=2, default=_plain).encode())
-    return names
+    """``save_explanation`` of a map over the sample's picture (2D, or a volume's slice grid)
+    → file names; ``percentile``: colours clipped at that percentile of ``|map|``."""
+    paths = save_explanation(stem, sample.display, smap, meta, percentile=percentile)
+    return {k: p.name for k, p in paths.items()}
 
 
 def _plain(obj: Any) -> Any:
@@ -550,8 +397,9 @@ class Explainer:
         self.config = config
         self.model = Model(config.model, device=config.device, threads=config.threads, verbose=config.verbose)
         self.sidecar = read_sidecar(config.model)
-        self.labels = read_labels(config.model, self.sidecar, config.prep.get("labels"))
-        self.spec = image_spec(self.model, self.sidecar, config.prep)
+        self.spec = ImageSpec.from_sidecar(self.sidecar, Path(config.model).parent, self.model.input.shape,
+                                           config.prep)
+        self.labels = self.spec.labels
         self.embedded = "saliency" in self.model.output_names
         self.activate = targets.class_scorer(True)
 
@@ -691,7 +539,7 @@ def _audit_one(path: str, dest: str, signature: str) -> dict:
     except OutputError:
         raise
     except Exception as exc:  # one bad input must not stop the audit
-        record = {"input": path, "status": "error", "error": _one_line(exc)}
+        record = {"input": path, "status": "error", "error": one_line(exc)}
         if _WORKER.config.debug:
             record["traceback"] = traceback.format_exc()
         return record
@@ -699,14 +547,6 @@ def _audit_one(path: str, dest: str, signature: str) -> dict:
     record["signature"] = signature
     write_json(dest_path / MARKER, record)  # last: the input is complete
     return record
-
-
-def _one_line(exc: BaseException) -> str:
-    """The first line of an error; its type too unless it is one of the usual user errors."""
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else ""
-    usual = isinstance(exc, (ValueError, FileNotFoundError, OnnxXaiError)) and text
-    return text if usual else f"{type(exc).__name__}: {text}".rstrip(": ")
 
 
 def _cached(marker: Path, path: Path, signature: str) -> dict | None:
@@ -796,23 +636,35 @@ def worker_count(requested: int, n_todo: int, model_path: str | os.PathLike) -> 
 
 
 # ---------------------------------------------------------------------- audit
-def run_audit(config: Config, files: list[Path], out: Path, *, workers: int = 1, resume: bool = True,
-              progress: bool = True, on_record: Callable[[dict], None] | None = None,
-              on_note: Callable[[str], None] | None = None, lock: bool = True) -> list[dict]:
+@dataclass
+class RunOptions:
+    """How an audit runs (what it computes is the ``Config``): ``workers`` processes (capped, see
+    ``worker_count``), ``resume`` from the inputs already done, a ``progress`` bar, ``lock`` the
+    output folder for the run (False when the caller holds the lock, e.g. across the report
+    too), ``on_record`` called with each input's record as it is done, ``on_note`` with one-line
+    notes (``--workers`` capped)."""
+
+    workers: int = 1
+    resume: bool = True
+    progress: bool = True
+    lock: bool = True
+    on_record: Callable[[dict], None] | None = None
+    on_note: Callable[[str], None] | None = None
+
+
+def run_audit(config: Config, files: list[Path], out: Path, run: RunOptions | None = None) -> list[dict]:
     """Explain ``files`` into ``out/inputs/<key>/``; skip inputs whose marker matches → records in order.
 
-    ``lock``: hold ``out``'s lock for the run (pass False when the caller holds it, e.g. across
-    the report too); a folder another run writes raises ``OutputBusyError``. ``on_note`` gets
-    one-line notes (``--workers`` capped). An output that cannot be written raises
-    ``OutputError`` after the inputs in flight; what was done stays done for the next run.
+    A folder another run writes raises ``OutputBusyError``. An output that cannot be written
+    raises ``OutputError`` after the inputs in flight; what was done stays done for the next run.
     """
+    run = run or RunOptions()
     out = prepare_output_folder(out)
-    with OutputLock(out) if lock else contextlib.nullcontext():
-        return _run_audit(config, files, out, workers, resume, progress, on_record, on_note)
+    with OutputLock(out) if run.lock else contextlib.nullcontext():
+        return _run_audit(config, files, out, run)
 
 
-def _run_audit(config: Config, files: list[Path], out: Path, workers: int, resume: bool, progress: bool,
-               on_record: Callable[[dict], None] | None, on_note: Callable[[str], None] | None) -> list[dict]:
+def _run_audit(config: Config, files: list[Path], out: Path, run: RunOptions) -> list[dict]:
     with writing(out):
         clean_temp_files(out)
     signature = config.signature()
@@ -820,23 +672,24 @@ def _run_audit(config: Config, files: list[Path], out: Path, workers: int, resum
     records: dict[int, dict] = {}
     todo = []
     for i, (f, key) in enumerate(zip(files, keys)):
-        old = _cached(out / "inputs" / key / MARKER, f, signature) if resume else None
+        old = _cached(out / "inputs" / key / MARKER, f, signature) if run.resume else None
         if old is not None:
             records[i] = dict(old, cached=True)
         else:
             todo.append(i)
+    workers = run.workers
     if todo and workers > 1:
         workers, note = worker_count(workers, len(todo), config.model)
-        if note and on_note:
-            on_note(note)
-    bar = tqdm(total=len(files), initial=len(records), unit="input", desc="audit", disable=not progress)
+        if note and run.on_note:
+            run.on_note(note)
+    bar = tqdm(total=len(files), initial=len(records), unit="input", desc="audit", disable=not run.progress)
 
     def done(i: int, record: dict) -> None:
         record["key"] = keys[i]
         records[i] = record
         bar.update(1)
-        if on_record:
-            on_record(record)
+        if run.on_record:
+            run.on_record(record)
 
     try:
         if workers <= 1 or len(todo) <= 1:

@@ -17,9 +17,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import assets, cli_methods, graph
-from .audit import (Config, Explainer, OutputError, OutputLock, _one_line, check_output_file, collect_inputs,
-                    input_keys, prepare_output_folder, read_sidecar, run_audit, write_file)
-from .errors import OnnxXaiError
+from .audit import (Config, Explainer, OutputError, OutputLock, RunOptions, check_output_file, collect_inputs,
+                    input_keys, prepare_output_folder, run_audit, write_file)
+from .errors import OnnxXaiError, one_line
+from .preprocess import read_sidecar
 from .report import write_report
 from .runtime import Model
 from .visualize import write_png
@@ -148,7 +149,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         except OutputError:  # the output, not the input: stop with one line
             raise
         except Exception as exc:  # reported, the other inputs go on
-            rec = {"input": str(f), "status": "error", "error": _one_line(exc)}
+            rec = {"input": str(f), "status": "error", "error": one_line(exc)}
             if args.debug:
                 rec["traceback"] = traceback.format_exc()
         records.append(rec)
@@ -203,8 +204,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     prepare_output_folder(out)
     t0 = time.perf_counter()
     with OutputLock(out):  # one run per output folder, held until the report is written
-        records = run_audit(config, files, out, workers=args.workers, resume=not args.fresh,
-                            progress=not args.quiet, on_note=None if args.quiet else _note, lock=False)
+        records = run_audit(config, files, out, RunOptions(workers=args.workers, resume=not args.fresh,
+                                                           progress=not args.quiet, lock=False,
+                                                           on_note=None if args.quiet else _note))
         info = {"model": str(args.model), "inputs": ", ".join(args.folders),
                 "created": datetime.datetime.now().isoformat(timespec="seconds"),
                 "wall_s": round(time.perf_counter() - t0, 2)}
@@ -244,7 +246,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     device=args.device, threads=args.threads, metric_steps=10, verbose=False)
     out = Path(args.out)
     t0 = time.perf_counter()
-    records = run_audit(config, assets.example_images(), out, resume=False, progress=not args.quiet)
+    records = run_audit(config, assets.example_images(), out, RunOptions(resume=False, progress=not args.quiet))
     paths = write_report(out, records, methods, {"model": path.name, "created": datetime.datetime.now()
                                                  .isoformat(timespec="seconds")}, title="onnx-xai demo")
     if any(r.get("status") == "ok" for r in records):

@@ -27,3 +27,12 @@ class NonFiniteError(OnnxXaiError, ValueError):
 class NonFiniteWarning(RuntimeWarning):
     """Some perturbed copies (occlusion windows, RISE masks, noisy samples, ...) gave NaN or
     infinite scores; the map was made from the finite ones (the message says how many)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as one line for a report or the command line: its first line, with its type
+    unless it is one of the usual user errors (``ValueError``, ``FileNotFoundError``, ours)."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    usual = isinstance(exc, (ValueError, FileNotFoundError, OnnxXaiError)) and text
+    return text if usual else f"{type(exc).__name__}: {text}".rstrip(": ")

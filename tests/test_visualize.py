@@ -483,8 +483,7 @@ def test_colour_bar_unsigned_and_labels():
 
 
 def test_volume_slice_grid_signed_with_colour_bar(rng):
-    from onnx_xai.audit import volume_picture
-
+    volume_picture = vis.volume_picture
     vol = rng.random((24, 24, 8)).astype(np.float32)
     m = np.zeros((24, 24, 8), np.float32)
     m[2:8, 2:8] = 1.0
@@ -500,6 +499,20 @@ def test_volume_slice_grid_signed_with_colour_bar(rng):
     top, bottom = _bar_rows(col)
     assert tuple(col[(top + bottom) // 2]) == RDBU_R_NEUTRAL
     assert volume_picture(vol).shape == grid.shape  # the input alone: no bar
+
+
+def test_save_explanation_of_a_volume_writes_its_slice_grid(tmp_path, rng):
+    vol = rng.random((24, 24, 8)).astype(np.float32)
+    m = rng.standard_normal((1, 24, 24, 8)).astype(np.float32)
+    paths = vis.save_explanation(tmp_path / "v", vol, m, {"method": "x"}, percentile=99.0)
+    png = cv2.cvtColor(cv2.imread(str(paths["png"])), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(png, vis.volume_picture(vol, m[0], percentile=99.0))
+    np.testing.assert_array_equal(np.load(paths["npy"]), m)
+    record = json.loads(paths["json"].read_text())
+    assert record["map"]["shape"] == [1, 24, 24, 8] and record["colour_scale"]["signed"] is True
+    assert record["method"] == "x" and record["colour_scale"]["clipped"] is True
+    with pytest.raises(ValueError, match="one 2D map"):  # a stack of 2D maps over a 2D image
+        vis.save_explanation(tmp_path / "w", vol[..., 0], m[0])
 
 
 def test_gif_frames_signed_map():

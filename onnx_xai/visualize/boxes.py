@@ -6,7 +6,7 @@ from typing import NamedTuple, Sequence
 import cv2
 import numpy as np
 
-from .colors import _as_array, _image_to_rgb_float, normalize
+from .colors import as_array, image_to_rgb_float, normalize
 
 
 class Box(NamedTuple):
@@ -27,7 +27,7 @@ def boxes_from_map(map, threshold: float = 0.5, max_boxes: int | None = 5,
     ``threshold=1.0`` gives the single hottest cell(s). ``image_size=(H, W)`` scales the boxes
     from map cells to image pixels (cell ``(r, c)`` covers rows ``r*H/h .. (r+1)*H/h``).
     """
-    m = _as_array(map, "map")
+    m = as_array(map, "map")
     m = m[0] if m.ndim == 3 and m.shape[0] == 1 else m
     if m.ndim != 2:
         raise ValueError(f"map must be 2D (h, w) or (1, h, w), got shape {m.shape}")
@@ -56,7 +56,7 @@ def draw_boxes(image, boxes: Sequence, color=(255, 0, 0), thickness: int = 2,
                labels: Sequence[str] | None = None) -> np.ndarray:
     """Draw ``boxes`` (:class:`Box` or ``(x0, y0, x1, y1)``, end exclusive) on a copy of ``image``
     ``(H, W[, 3])`` → ``(H, W, 3)`` uint8 RGB; optional text ``labels`` inside each box's top-left corner."""
-    out = np.round(_image_to_rgb_float(image) * 255).astype(np.uint8)
+    out = np.round(image_to_rgb_float(image) * 255).astype(np.uint8)
     if labels is not None and len(labels) != len(boxes):
         raise ValueError(f"got {len(labels)} labels for {len(boxes)} boxes")
     for i, box in enumerate(boxes):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .colors import ColorScale, _as_array, apply_colormap
+from .colors import ColorScale, as_array, apply_colormap
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 BAR_WIDTH = 12  # pixels of colour
@@ -70,7 +70,7 @@ def colorbar(scale: ColorScale, height: int, *, font_scale: float | None = None)
 def add_colorbar(picture, scale: ColorScale, *, min_height: int = MIN_HEIGHT) -> np.ndarray:
     """``picture`` ``(H, W, 3)`` uint8 with :func:`colorbar` on its right → ``(H', W + w, 3)``,
     ``H' = max(H, min_height)`` (a short picture gets white rows below)."""
-    pic = _as_array(picture, "picture")
+    pic = as_array(picture, "picture")
     if pic.ndim != 3 or pic.shape[2] != 3 or pic.dtype != np.uint8:
         raise ValueError(f"picture must be (H, W, 3) uint8, got shape {pic.shape} {pic.dtype}")
     h = max(pic.shape[0], int(min_height))

@@ -156,7 +156,8 @@ def _matplotlib_lut(key: str) -> np.ndarray | None:
 _OURS = set(_SEGMENTS) | set(_FUNCTIONS) | set(_LISTS) | set(_REVERSED) | {"twilight", "twilight_shifted"}
 
 
-def _as_array(x, name: str) -> np.ndarray:
+def as_array(x, name: str) -> np.ndarray:
+    """``x`` as a non-empty numeric NumPy array; ``ValueError`` naming ``name`` otherwise."""
     try:
         arr = np.asarray(x)
     except Exception as exc:  # noqa: BLE001 - anything NumPy cannot take
@@ -210,7 +211,7 @@ def normalize(map, percentile: float | None = None, flip: bool = False) -> np.nd
     ``flip=True`` returns ``1 - result`` (MONAI's CAM default normaliser maps max→0, min→1).
     A constant map gives zeros. NaNs are ignored for the range and stay NaN.
     """
-    arr = _as_array(map, "map").astype(np.float64)
+    arr = as_array(map, "map").astype(np.float64)
     if percentile is not None and not 0 < float(percentile) <= 100:
         raise ValueError(f"percentile must be in (0, 100], got {percentile!r}")
     finite = arr[np.isfinite(arr)]
@@ -234,7 +235,7 @@ def apply_colormap(map, colormap: str = "jet", *, normalize_map: bool = True) ->
     are sampled exactly at ``v``, so 0.5 (the 0 of a signed map) gets their neutral colour.
     ``colormap="gray"`` gives a grey ramp.
     """
-    arr = _as_array(map, "map")
+    arr = as_array(map, "map")
     arr = arr[0] if arr.ndim == 3 and arr.shape[0] == 1 else arr
     if arr.ndim != 2:
         raise ValueError(f"map must be 2D (H, W) or (1, H, W), got shape {arr.shape}")
@@ -272,7 +273,7 @@ SIGNED_TOLERANCE = 1e-3
 
 
 def _finite(map) -> np.ndarray:
-    arr = _as_array(map, "map").astype(np.float64)
+    arr = as_array(map, "map").astype(np.float64)
     finite = arr[np.isfinite(arr)]
     if finite.size == 0:
         raise ValueError("map has no finite values to draw")
@@ -308,7 +309,7 @@ class ColorScale:
 
     def scale(self, map) -> np.ndarray:
         """Values → [0, 1] float32 (NaN stays NaN)."""
-        arr = _as_array(map, "map").astype(np.float64)
+        arr = as_array(map, "map").astype(np.float64)
         if self.signed:
             out = (np.full_like(arr, 0.5) if self.vmax <= 0 else
                    0.5 + 0.5 * np.clip(arr / self.vmax, -1.0, 1.0))
@@ -354,9 +355,9 @@ def color_scale(map, *, signed: bool | str = "auto", percentile: float | None = 
     return ColorScale(lo, hi, bool(signed), key, clipped)
 
 
-def _image_to_rgb_float(image) -> np.ndarray:
+def image_to_rgb_float(image) -> np.ndarray:
     """``(H, W)``, ``(H, W, 1|3|4)`` uint8 or float → ``(H, W, 3)`` float32 in [0, 1]."""
-    img = _as_array(image, "image")
+    img = as_array(image, "image")
     if img.ndim == 3 and img.shape[2] == 4:
         img = img[..., :3]
     if img.ndim == 3 and img.shape[2] == 1:
@@ -397,8 +398,8 @@ def overlay_with_scale(image, map, alpha: float = 0.5, colormap: str | None = No
     """:func:`overlay` and the :class:`ColorScale` it used."""
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-    img = _image_to_rgb_float(image)
-    m = _as_array(map, "map").astype(np.float32)
+    img = image_to_rgb_float(image)
+    m = as_array(map, "map").astype(np.float32)
     m = m[0] if m.ndim == 3 and m.shape[0] == 1 else m
     if m.ndim != 2:
         raise ValueError(f"map must be 2D (h, w) or (1, h, w), got shape {m.shape}")
@@ -411,7 +412,7 @@ def overlay_with_scale(image, map, alpha: float = 0.5, colormap: str | None = No
     return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8), scale
 
 
-def _rescale01(x: np.ndarray) -> np.ndarray:
+def rescale01(x: np.ndarray) -> np.ndarray:
     """Min-max to [0, 1] in float32; a constant array becomes zeros (MONAI's rescale_array)."""
     x = x.astype(np.float32)
     lo, hi = np.min(x), np.max(x)
@@ -444,8 +445,8 @@ def blend_images(image, label, alpha=0.5, cmap: str = "hsv", rescale_arrays: boo
     float or an array the size of the image) and ``a = 0`` where ``label == 0`` if
     ``transparent_background``. Returns float32.
     """
-    img = _as_array(image, "image")
-    lab = _as_array(label, "label")
+    img = as_array(image, "image")
+    lab = as_array(label, "label")
     if lab.ndim < 3 or lab.shape[0] != 1:
         raise ValueError(f"label must be (1, H, W[, D]) with 1 channel, got shape {lab.shape}")
     if img.ndim < 3 or img.shape[0] not in (1, 3):
@@ -458,13 +459,13 @@ def blend_images(image, label, alpha=0.5, cmap: str = "hsv", rescale_arrays: boo
             raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
         w_label = np.full(lab.shape, alpha, dtype=np.float32)
     else:
-        w_label = _as_array(alpha, "alpha").astype(np.float32)
+        w_label = as_array(alpha, "alpha").astype(np.float32)
         if w_label.shape[1:] != img.shape[1:]:
             raise ValueError(f"alpha array must match the image's spatial size {img.shape[1:]}, "
                              f"got shape {w_label.shape}")
         w_label = w_label.copy()
     if rescale_arrays:
-        img, lab = _rescale01(img), _rescale01(lab)
+        img, lab = rescale01(img), rescale01(lab)
     if img.shape[0] == 1:
         img = np.repeat(img, 3, axis=0)
     lab = lab if np.issubdtype(lab.dtype, np.floating) else lab.astype(np.float32)

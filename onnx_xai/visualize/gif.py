@@ -7,8 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ._io import atomic_write_bytes
-from .colors import _as_array, color_scale, normalize
+from .io import atomic_write_bytes
+from .colors import as_array, color_scale, normalize
 
 
 def _require_gif() -> None:
@@ -21,7 +21,7 @@ def encode_gif(frames, duration_ms: int = 100, loop: int = 0) -> bytes:
     """``(T, H, W)`` grey or ``(T, H, W, 3)`` RGB uint8 frames → GIF bytes (64-level colour
     quantisation by OpenCV: values come back within about 2 of the input for grey ramps)."""
     _require_gif()
-    f = _as_array(frames, "frames")
+    f = as_array(frames, "frames")
     if f.dtype != np.uint8:
         raise ValueError(f"GIF frames must be uint8, got {f.dtype}; scale them to 0..255 first")
     if f.ndim == 3:
@@ -73,7 +73,7 @@ def volume_frames(volume, map=None, *, frame_dim: int = -3, max_out: int = 1, sc
     ``percentile``: min-max ``jet``, or centred on 0 in ``rdbu_r`` for a map with both signs)
     and blended with weight ``alpha``.
     """
-    vol = _as_array(volume, "volume")
+    vol = as_array(volume, "volume")
     vol = vol[None] if vol.ndim == 3 else vol
     if vol.ndim != 4:
         raise ValueError(f"volume must be HWD or CHWD, got shape {vol.shape}")
@@ -86,7 +86,7 @@ def volume_frames(volume, map=None, *, frame_dim: int = -3, max_out: int = 1, sc
     grey = np.moveaxis(grey, frame_dim, 1)  # (C, T, h, w)
     rgb = np.repeat(grey[..., None], 3, axis=-1).astype(np.float32)
     if map is not None:
-        m = _as_array(map, "map")
+        m = as_array(map, "map")
         m = m[0] if m.ndim == 4 and m.shape[0] == 1 else m
         if m.shape != vol.shape[1:]:
             raise ValueError(f"map must have the volume's spatial shape {vol.shape[1:]}, got {m.shape}")

@@ -1,13 +1,16 @@
-"""``matshow3d``-style montages: a volume becomes one 2D grid of frames (NumPy + OpenCV)."""
+"""``matshow3d``-style montages: a volume becomes one 2D grid of frames (NumPy + OpenCV); the
+slice-grid picture of a volume and its map (``volume_picture``)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from ._io import write_png
-from .colors import _as_array, apply_colormap
+from .colorbars import add_colorbar
+from .colors import ColorScale, apply_colormap, as_array, color_scale, normalize
+from .io import write_png
 
 
 def _pad_to(arr: np.ndarray, shape: tuple) -> np.ndarray:
@@ -23,14 +26,14 @@ def _frames(volume, frame_dim: int, channel_dim: int | None) -> np.ndarray:
     if isinstance(volume, (list, tuple)):
         if not volume:
             raise ValueError("volume is an empty list")
-        vols = [_as_array(v, f"volume[{i}]") for i, v in enumerate(volume)]
+        vols = [as_array(v, f"volume[{i}]") for i, v in enumerate(volume)]
         if len({v.ndim for v in vols}) != 1 or vols[0].ndim < 2:
             raise ValueError("a list volume must hold channel-first arrays (C, H[, W, D]) of equal rank, "
                              f"got shapes {[v.shape for v in vols]}")
         target = tuple(np.max([v.shape for v in vols], axis=0))
         vol = np.concatenate([_pad_to(v, target) for v in vols], axis=0)
     else:
-        vol = _as_array(volume, "volume")
+        vol = as_array(volume, "volume")
     while vol.ndim < 3:
         vol = vol[None]
     if channel_dim is None:
@@ -82,7 +85,7 @@ def _grid(frames, frames_per_row, every_n, margin, fill_value, dtype) -> np.ndar
 def render_montage(grid, vmin=None, vmax=None, cmap: str = "gray", nan_color=(255, 255, 255)) -> np.ndarray:
     """A montage array → ``(H, W, 3)`` uint8 RGB: ``(v - vmin) / (vmax - vmin)`` clipped, coloured
     with ``cmap`` (an RGB montage ``(H, W, 3)`` is only scaled); NaN cells get ``nan_color``."""
-    g = _as_array(grid, "grid").astype(np.float64)
+    g = as_array(grid, "grid").astype(np.float64)
     vmin = np.nanmin(g) if vmin is None else float(vmin)
     vmax = np.nanmax(g) if vmax is None else float(vmax)
     scaled = np.clip((g - vmin) / (vmax - vmin), 0, 1) if vmax > vmin else np.zeros_like(g)
@@ -113,6 +116,53 @@ def save_montage(path: str | os.PathLike, volume, *, cmap: str = "gray", vmin=No
     rgb = render_montage(grid, vmin, vmax, cmap)
     write_png(Path(path), rgb)
     return rgb
+
+
+def volume_picture(volume, map=None, alpha: float = 0.5, *, colormap: str | None = None,
+                   signed: bool | str = "auto", percentile: float | None = None,
+                   colorbar: bool = True) -> np.ndarray:
+    """A volume as one RGB uint8 picture: up to 16 slices along the last axis of ``(H, W, D)``
+    (evenly spaced), each drawn at 96 × 96 pixels, 4 per row with 2 white pixels between;
+    ``map`` (same shape) over them with weight ``alpha``, on one colour scale for the whole
+    volume (``color_scale``: min-max ``jet``, or centred on 0 in ``rdbu_r`` for a map with both
+    signs; ``percentile`` clips), with its colour bar on the right (``colorbar=False``: none).
+    A float volume is drawn in grey, min-max scaled; a uint8 one as it is.
+    :func:`volume_picture_with_scale` also returns the scale."""
+    return volume_picture_with_scale(volume, map, alpha, colormap=colormap, signed=signed,
+                                     percentile=percentile, colorbar=colorbar)[0]
+
+
+def volume_picture_with_scale(volume, map=None, alpha: float = 0.5, *, colormap: str | None = None,
+                              signed: bool | str = "auto", percentile: float | None = None,
+                              colorbar: bool = True) -> tuple[np.ndarray, ColorScale | None]:
+    """:func:`volume_picture` and the :class:`ColorScale` of its map (None without one)."""
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    volume = as_array(volume, "volume")
+    if volume.ndim != 3:
+        raise ValueError(f"volume must be (H, W, D), got shape {volume.shape}")
+    if map is not None and np.shape(map) != volume.shape:
+        raise ValueError(f"map must have the volume's shape {volume.shape}, got {np.shape(map)}")
+    vol = _grey_rgb(volume.reshape(volume.shape[0], -1)).reshape(*volume.shape, 3)
+    scale, heat = None, None
+    if map is not None:
+        scale = color_scale(map, signed=signed, percentile=percentile, colormap=colormap)
+        heat = scale.colors(np.reshape(map, (volume.shape[0], -1))).reshape(*volume.shape, 3)
+    frames = []
+    for d in np.unique(np.linspace(0, volume.shape[-1] - 1, min(16, volume.shape[-1])).round().astype(int)):
+        f = vol[:, :, d].astype(np.float32)
+        if heat is not None:
+            f = (1 - alpha) * f + alpha * heat[:, :, d]
+        frames.append(cv2.resize(np.round(f).astype(np.uint8), (96, 96), interpolation=cv2.INTER_NEAREST))
+    grid = _grid(np.stack(frames), 4, 1, 1, 255, np.uint8)[1:-1, 1:-1]  # 1 + 1 pixels between, none around
+    return (add_colorbar(grid, scale) if scale is not None and colorbar else grid), scale
+
+
+def _grey_rgb(img: np.ndarray) -> np.ndarray:
+    """``(H, W)`` float (min-max scaled) or uint8, or ``(H, W, 3)`` uint8 → ``(H, W, 3)`` uint8."""
+    if img.dtype == np.uint8:
+        return img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
+    return np.repeat(np.round(255 * normalize(img))[..., None], 3, axis=2).astype(np.uint8)
 
 
 def matshow3d(volume, fig=None, title: str | None = None, figsize=(10, 10), frames_per_row=None,

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .colors import _as_array, _rescale01
+from .colors import as_array, rescale01
 
 
 def _numpy(x) -> np.ndarray:
     """A NumPy view of an array or of a torch tensor (duck-typed; torch is never imported)."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):
         x = x.detach().cpu().numpy()
-    return _as_array(x, "data")
+    return as_array(x, "data")
 
 
 def _check_writer(writer, *methods: str) -> None:
@@ -71,14 +71,14 @@ def plot_2d_or_3d_image(data, step: int, writer, index: int = 0, max_channels: i
     if d.ndim < 2:
         raise ValueError(f"data[index] must be HW, CHW or CHW[D], got shape {d.shape}")
     if d.ndim == 2:
-        writer.add_image(f"{tag}_HW", _rescale01(d), step, dataformats="HW")
+        writer.add_image(f"{tag}_HW", rescale01(d), step, dataformats="HW")
         return
     if d.ndim == 3:
         if d.shape[0] == 3 and max_channels == 3:
             writer.add_image(f"{tag}_CHW", d, step, dataformats="CHW")
             return
         for j, ch in enumerate(d[:max_channels]):
-            writer.add_image(f"{tag}_HW_{j}", _rescale01(ch), step, dataformats="HW")
+            writer.add_image(f"{tag}_HW_{j}", rescale01(ch), step, dataformats="HW")
         return
     d = d.reshape((-1,) + d.shape[-3:])
     if d.shape[0] == 3 and max_channels == 3 and type(writer).__module__.startswith("tensorboardX"):
@@ -86,5 +86,5 @@ def plot_2d_or_3d_image(data, step: int, writer, index: int = 0, max_channels: i
         writer.add_video(tag, np.moveaxis(d, fd, -1)[None], step, fps=max_frames, dataformats="NCHWT")
         return
     n = min(int(max_channels), d.shape[0])
-    d = np.stack([_rescale01(ch) * 255 for ch in d[:n]])
+    d = np.stack([rescale01(ch) * 255 for ch in d[:n]])
     add_animated_gif(writer, f"{tag}_HWD", d, max_out=n, frame_dim=fd, global_step=step)
