@@ -75,11 +75,23 @@ def _baseline(x: np.ndarray, baseline: Any, sigma: float) -> np.ndarray:
         raise ValueError(f"baseline of shape {base.shape} does not broadcast to the input {x.shape}") from None
 
 
-def _curve(kind: str, model: ModelSource, x: Any, saliency: Any, index: Any, n_steps: int,
-           baseline: Any, blur_sigma: float, activate: Any, batch_size: int,
-           extra_inputs: dict | None, verbose: bool | None) -> Curve:
+@dataclass(frozen=True)
+class _CurveOptions:
+    """The keyword arguments of ``deletion`` / ``insertion`` (see there)."""
+
+    n_steps: int
+    baseline: Any
+    blur_sigma: float
+    activate: Any
+    batch_size: int
+    extra_inputs: dict | None
+    verbose: bool | None
+
+
+def _curve(kind: str, model: ModelSource, x: Any, saliency: Any, index: Any, opt: _CurveOptions) -> Curve:
     model = model if isinstance(model, Model) else Model(model)
     x = model.check_input(x)
+    n_steps, batch_size, extra_inputs = opt.n_steps, opt.batch_size, opt.extra_inputs
     if x.ndim < 3:
         raise ValueError(f"{kind} needs a (B, C, *spatial) input, got shape {x.shape}")
     if not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
@@ -89,18 +101,18 @@ def _curve(kind: str, model: ModelSource, x: Any, saliency: Any, index: Any, n_s
     b, c = x.shape[:2]
     n_pix = int(np.prod(x.shape[2:]))
     sal = _flat_maps(saliency, b, n_pix, kind)
-    blur_sigma = check_number("blur_sigma", blur_sigma, 0.0)
-    base = _baseline(x, baseline, blur_sigma).reshape(b, c, n_pix)
+    blur_sigma = check_number("blur_sigma", opt.blur_sigma, 0.0)
+    base = _baseline(x, opt.baseline, blur_sigma).reshape(b, c, n_pix)
     output = model.check_outputs(index.output if isinstance(index, targets.Target) else None)[0]
     raw = model.predict(x, outputs=output, extra_inputs=extra_inputs, verbose=False)
     check_finite_output(raw, f"output {output!r}")
-    scorers, classes = targets.item_scorers(index, activate, raw)
+    scorers, classes = targets.item_scorers(index, opt.activate, raw)
     for i, score in enumerate(scorers):
         check_finite_output(score(raw[i:i + 1]), f"the score (of output {output!r})")
     counts = np.round(np.linspace(0, n_pix, n_steps + 1)).astype(np.int64)
     flat = x.reshape(b, c, n_pix)
     out = np.empty((b, n_steps + 1))
-    show = model.verbose if verbose is None else verbose
+    show = model.verbose if opt.verbose is None else opt.verbose
     with tqdm(total=b * (n_steps + 1), desc=kind, unit="image", delay=1.0, leave=False,
               disable=not show) as bar:
         for i in range(b):
@@ -146,8 +158,8 @@ def deletion(model: ModelSource, x: Any, saliency: Any, index: Any = None, *, n_
         activate: score = softmax probability (True), raw output (False) or a callable ``(B, K) → (B, K)``.
         batch_size: perturbed inputs per forward pass.
     """
-    return _curve("deletion", model, x, saliency, index, n_steps, baseline, blur_sigma, activate,
-                  batch_size, extra_inputs, verbose)
+    return _curve("deletion", model, x, saliency, index,
+                  _CurveOptions(n_steps, baseline, blur_sigma, activate, batch_size, extra_inputs, verbose))
 
 
 def insertion(model: ModelSource, x: Any, saliency: Any, index: Any = None, *, n_steps: int = 100,
@@ -156,8 +168,8 @@ def insertion(model: ModelSource, x: Any, saliency: Any, index: Any = None, *, n
               verbose: bool | None = None) -> Curve:
     """Insertion curve: start from ``baseline`` (default a blurred ``x``) and put the most salient
     pixels of ``x`` back first; higher AUC = more faithful map. Arguments as :func:`deletion`."""
-    return _curve("insertion", model, x, saliency, index, n_steps, baseline, blur_sigma, activate,
-                  batch_size, extra_inputs, verbose)
+    return _curve("insertion", model, x, saliency, index,
+                  _CurveOptions(n_steps, baseline, blur_sigma, activate, batch_size, extra_inputs, verbose))
 
 
 def _maps_and_targets(saliency: Any, target: Any) -> tuple[np.ndarray, np.ndarray, tuple]:

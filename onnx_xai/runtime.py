@@ -64,7 +64,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _captured_output() -> Iterator[list[str]]:
+def captured_output() -> Iterator[list[str]]:
     """Silence file descriptors 1 and 2 (ORT's C++ logger and its DLL preloader write there);
     yield a list that holds what was written once the block ends."""
     captured: list[str] = []
@@ -112,7 +112,7 @@ def cuda_status() -> tuple[bool, str]:
         opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    with _captured_output() as log:
+    with captured_output() as log:
         try:
             if hasattr(ort, "preload_dlls"):  # NVIDIA libraries installed from pip (the cuda extra)
                 ort.preload_dlls()
@@ -686,7 +686,7 @@ class Model:
             session = self.new_session(candidate)
             feeds = {self.input_name: probe}
             feeds.update({k: self.batch_extra(k, v, 2, None, 0) for k, v in extra.items()})
-            with _captured_output():
+            with captured_output():
                 both = self.run_session(session, feeds, names)
         except Exception:
             return

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnx_xai
 from onnx_xai import RISE
-from onnx_xai.kernels import rise as kernel
+from onnx_xai.kernels import rise as kern
 
 
 def linear_model(w: np.ndarray, b: np.ndarray | None = None) -> bytes:
@@ -99,7 +99,7 @@ def _reference_masks(grids, shifts, cells, shape3):
 def test_mask_kernel_matches_interpolation_reference(shape3, grid):
     rng = np.random.default_rng(0)
     cells = np.asarray(shape3, float) / np.maximum(np.asarray(grid) - 1, 1)
-    grids, shifts = kernel.random_grids((rng, rng), 6, grid, 0.5, cells)
+    grids, shifts = kern.random_grids((rng, rng), 6, grid, 0.5, cells)
     assert set(np.unique(grids)) <= {0, 1}
     assert np.all((shifts >= 0) & (shifts < cells)) and np.all(shifts[:, np.asarray(grid) == 1] == 0)
     x = rng.standard_normal((2, int(np.prod(shape3)))).astype(np.float32)
@@ -107,25 +107,25 @@ def test_mask_kernel_matches_interpolation_reference(shape3, grid):
     out = np.full((8, 2, x.shape[1]), np.nan, np.float32)
     work2 = np.empty((8, grid[0], grid[1], shape3[2]), np.float32)
     work1 = np.empty((8, grid[0], shape3[1], shape3[2]), np.float32)
-    kernel.fill_masked_batch(x, grids, shifts, cells, masks, out, work2, work1)
+    kern.fill_masked_batch(x, grids, shifts, cells, masks, out, (work2, work1))
     ref = _reference_masks(grids, shifts, cells, shape3)
     np.testing.assert_allclose(masks[:6], ref, atol=1e-6)
     np.testing.assert_allclose(out[:6], x[None] * ref.reshape(6, 1, -1), atol=1e-6)
     assert np.isnan(masks[6:]).all()  # rows past n untouched
     sal = np.zeros((2, x.shape[1]))
     weights = rng.standard_normal((6, 2))
-    kernel.accumulate(masks.reshape(8, -1), weights, sal)
+    kern.accumulate(masks.reshape(8, -1), weights, sal)
     np.testing.assert_allclose(sal, weights.T @ ref.reshape(6, -1), rtol=1e-5, atol=1e-6)
 
 
 def test_masks_keep_p1_of_each_pixel_on_average():
     rng = np.random.default_rng(1)
     cells = np.array([1.0, 40 / 7, 40 / 7])
-    grids, shifts = kernel.random_grids((rng, rng), 3000, (1, 8, 8), 0.3, cells)
+    grids, shifts = kern.random_grids((rng, rng), 3000, (1, 8, 8), 0.3, cells)
     masks = np.empty((3000, 1, 40, 40), np.float32)
-    kernel.fill_masked_batch(np.ones((1, 1600), np.float32), grids, shifts, cells, masks,
-                             np.empty((3000, 1, 1600), np.float32),
-                             np.empty((3000, 1, 8, 40), np.float32), np.empty((3000, 1, 40, 40), np.float32))
+    kern.fill_masked_batch(np.ones((1, 1600), np.float32), grids, shifts, cells, masks,
+                           np.empty((3000, 1, 1600), np.float32),
+                           (np.empty((3000, 1, 8, 40), np.float32), np.empty((3000, 1, 40, 40), np.float32)))
     per_pixel = masks.mean(axis=0)
     assert abs(per_pixel.mean() - 0.3) < 0.01 and np.abs(per_pixel - 0.3).max() < 0.05
 

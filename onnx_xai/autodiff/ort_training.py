@@ -13,7 +13,7 @@ from onnx import helper, numpy_helper
 
 from .. import graph
 from ..errors import UnsupportedModelError
-from ..runtime import _captured_output
+from ..runtime import captured_output
 from .passes import constant_values
 
 
@@ -104,7 +104,7 @@ def build(proto: onnx.ModelProto, sources: list[str], score: str, guided: bool,
     if guided:
         proto = _clip_min_zero_as_relu(proto)
     try:
-        with _captured_output():  # the builder logs to stderr at info level
+        with captured_output():  # the builder logs to stderr at info level
             builder = builder_type(proto.SerializeToString(), set(keep) | {score}, set(sources),
                                    score)
             builder.build()

@@ -100,8 +100,9 @@ def occlusion_scores(model: Model, x: np.ndarray, lo: np.ndarray, hi: np.ndarray
         check_finite_output(score(raw), f"the score (activated output {output!r})",
                             "the unoccluded input")
     buf = np.repeat(x3[None], min(step, n), axis=0)
-    prev_lo = np.zeros((buf.shape[0], 3), np.int64)
-    prev_hi = np.full((buf.shape[0], 3), -1, np.int64)
+    windows = np.stack([lo3, hi3], axis=1)  # (n, 2, 3): lower and upper corners
+    prev = np.zeros((buf.shape[0], 2, 3), np.int64)
+    prev[:, 1] = -1  # a clean copy
     mul = np.zeros((1, 1, 1, 1), np.float32) if occluder.mul is None else np.array(
         occluder.mul, np.float32).reshape((occluder.mul.shape[0],) + as_3d(occluder.mul.shape[1:]))
     value = occluder.value if occluder.value is not None else np.zeros(1, np.float32)
@@ -113,12 +114,10 @@ def occlusion_scores(model: Model, x: np.ndarray, lo: np.ndarray, hi: np.ndarray
             nb = min(buf.shape[0], n - start)
             win = slice(start, start + nb)
             if occluder.fn is None:
-                kern.fill_occluded(buf[:nb], x3, prev_lo[:nb], prev_hi[:nb], lo3[win], hi3[win],
-                                   occluder.kind, mul, value)
+                kern.fill_occluded(buf[:nb], x3, prev[:nb], windows[win], occluder.kind, mul, value)
             else:
-                _fill_with_callable(buf[:nb], x, x3, prev_lo[:nb], prev_hi[:nb], lo3[win], hi3[win],
-                                    occluder.fn)
-            prev_lo[:nb], prev_hi[:nb] = lo3[win], hi3[win]
+                _fill_with_callable(buf[:nb], x, prev[:nb], windows[win], occluder.fn)
+            prev[:nb] = windows[win]
             batch = buf[:nb].reshape((nb, channels) + tuple(spatial))
             if to_model_layout is not None:
                 batch = to_model_layout(batch)
@@ -136,12 +135,14 @@ def occlusion_scores(model: Model, x: np.ndarray, lo: np.ndarray, hi: np.ndarray
     return scores
 
 
-def _fill_with_callable(buf, x, x3, prev_lo, prev_hi, lo, hi, fn) -> None:
+def _fill_with_callable(buf, x, prev, windows, fn) -> None:
     """Python twin of ``fill_occluded`` for a user callable ``fn(x, patch) -> patch``."""
     sd = x.ndim - 2
+    x3 = x[0].reshape(buf.shape[1:])
+    lo, hi = windows[:, 0], windows[:, 1]
     for b in range(lo.shape[0]):
-        if prev_hi[b, 0] >= 0:
-            old = (b, slice(None)) + tuple(slice(prev_lo[b, d], prev_hi[b, d]) for d in range(3))
+        if prev[b, 1, 0] >= 0:
+            old = (b, slice(None)) + tuple(slice(prev[b, 0, d], prev[b, 1, d]) for d in range(3))
             buf[old] = x3[old[1:]]
         box = tuple(slice(lo[b, d], hi[b, d]) for d in range(3 - sd, 3))
         patch = np.asarray(fn(x, x[(slice(0, 1), slice(None)) + box].copy()))

@@ -17,17 +17,20 @@ PATCH_MEAN = 2  # mean of the patch over all channels
 
 
 @njit(cache=True)
-def fill_occluded(buf, x, prev_lo, prev_hi, lo, hi, kind, mul, value):  # pragma: no cover - jitted
-    """Turn ``buf[b]`` from "x occluded at window prev[b]" into "x occluded at window [lo[b], hi[b])".
+def fill_occluded(buf, x, prev, windows, kind, mul, value):  # pragma: no cover - jitted
+    """Turn ``buf[b]`` from "x occluded at window prev[b]" into "x occluded at window windows[b]".
 
     buf: (B, C, D0, D1, D2) float32, each slot a copy of ``x`` except inside its previous
-    window; x: (C, D0, D1, D2); prev_lo/prev_hi/lo/hi: (B, 3) int64 (prev_hi[b, 0] < 0: the
-    slot holds a clean copy); mul: (C, m0, m1, m2) indexed from ``lo``; value: (C,).
+    window; x: (C, D0, D1, D2); prev, windows: (B, 2, 3) int64 boxes, ``[b, 0]`` the lower
+    corner and ``[b, 1]`` the upper one, exclusive (prev[b, 1, 0] < 0: the slot holds a clean
+    copy); mul: (C, m0, m1, m2) indexed from the lower corner; value: (C,).
     Only the two windows of each slot are touched, never the whole image. Serial on
     purpose: the work is tiny, and a parallel region's spinning worker threads would steal
     the cores ONNX Runtime runs on next.
     """
     n_channels = x.shape[0]
+    prev_lo, prev_hi = prev[:, 0], prev[:, 1]
+    lo, hi = windows[:, 0], windows[:, 1]
     for b in range(lo.shape[0]):
         if prev_hi[b, 0] >= 0:
             for c in range(n_channels):

@@ -7,8 +7,8 @@ so inner loops run along W). Grids are ``(n, g0, g1, g2)`` uint8 (0/1), one grid
 of the grid at grid coordinate ``(i + 0.5 + shift) / cell - 0.5``, clamped to the grid (edges
 replicate). Separable: interpolate along axis 2, then 1, then 0.
 
-Serial on purpose: measured next to ONNX Runtime (2 threads, EfficientNet-Lite0), parallel
-numba threads contend with ORT's spinning workers (RISE ÷ bare ORT 1.11 parallel, 1.01 serial).
+Serial on purpose: measured next to ONNX Runtime, parallel numba threads contend with ORT's
+spinning workers (benchmarks/rise.py; numbers in benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _coord(i, shift, cell, g):
 
 
 @njit(cache=True, nogil=True)
-def fill_masked_batch(x, grids, shifts, cells, masks, out, work2, work1):
+def fill_masked_batch(x, grids, shifts, cells, masks, out, work):
     """Write ``n = len(grids)`` masks into ``masks[:n]`` and ``x * mask`` into ``out[:n]``.
 
     Args:
@@ -41,11 +41,12 @@ def fill_masked_batch(x, grids, shifts, cells, masks, out, work2, work1):
         cells: ``(3,)`` float64 cell sizes in pixels.
         masks: ``(N >= n, s0, s1, s2)`` float32, written.
         out: ``(N >= n, C, P)`` float32, written (``P = s0·s1·s2``).
-        work2: ``(N, g0, g1, s2)`` float32 scratch; work1: ``(N, g0, s1, s2)`` float32 scratch.
+        work: scratch, ``((N, g0, g1, s2), (N, g0, s1, s2))`` float32 (``MaskBatch.work``).
     """
     n, g0, g1, g2 = grids.shape
     s0, s1, s2 = masks.shape[1:]
     nc, p_ = x.shape
+    work2, work1 = work
     for b in range(n):
         g, t2, t1, m = grids[b], work2[b], work1[b], masks[b]
         for k in range(s2):  # along axis 2, on the grid's rows
@@ -111,8 +112,8 @@ class MaskBatch:
         self.cells = np.asarray(shape3, np.float64) / np.asarray((1,) * pad + tuple(cells_per_dim))
         self.masks = np.empty((n_batch, *shape3), np.float32)
         self.batch = np.empty((n_batch, channels, self.masks[0].size), np.float32)
-        self._work2 = np.empty((n_batch, self.grid[0], self.grid[1], shape3[2]), np.float32)
-        self._work1 = np.empty((n_batch, self.grid[0], shape3[1], shape3[2]), np.float32)
+        self.work = (np.empty((n_batch, self.grid[0], self.grid[1], shape3[2]), np.float32),
+                     np.empty((n_batch, self.grid[0], shape3[1], shape3[2]), np.float32))
         self.reset(None)
 
     def reset(self, seed: int | None) -> None:
@@ -123,7 +124,7 @@ class MaskBatch:
         """``x`` ``(C, *spatial)`` float32 times the next ``n`` masks → ``(n, C, *spatial)`` view."""
         grids, shifts = random_grids(self._rngs, n, self.grid, self.p1, self.cells)
         xf = np.ascontiguousarray(x.reshape(x.shape[0], -1))
-        fill_masked_batch(xf, grids, shifts, self.cells, self.masks, self.batch, self._work2, self._work1)
+        fill_masked_batch(xf, grids, shifts, self.cells, self.masks, self.batch, self.work)
         return self.batch[:n].reshape(n, x.shape[0], *self.spatial)
 
     def accumulate(self, scores: np.ndarray, sal: np.ndarray) -> None:
