@@ -250,6 +250,11 @@ def test_fill_coalitions_writes_input_or_baseline():
     kern.fill_coalitions(buf, x, b, labels, z)
     np.testing.assert_array_equal(buf[:4], np.where(z[:, labels].astype(bool), x, b))
     assert np.isnan(buf[4:]).all()
+    item = engine.Item(x, b, np.sort(labels), 5, {})                    # runs of equal labels
+    runs = np.full((6, 50), np.nan, np.float32)
+    kern.fill_runs(runs, x, b, item.starts, item.feats, z)
+    np.testing.assert_array_equal(runs[:4], np.where(z[:, np.sort(labels)].astype(bool), x, b))
+    assert np.isnan(runs[4:]).all() and item.starts[-1] == 50 and len(item.feats) == len(item.starts) - 1
 
 
 def test_shap_coalitions_follow_captums_distribution():

@@ -3,9 +3,9 @@
 A run, item by item: the input's elements are grouped into M interpretable features
 (``feature_labels``); coalitions z ∈ {0, 1}^M are drawn (``lime_coalitions``,
 ``shap_coalitions``); each coalition becomes a perturbed copy of the item — feature present:
-the input's values, absent: the baseline's — written in place by a numba kernel into one
-preallocated batch buffer, scored through the model's one ONNX Runtime session
-``n_batch`` at a time; then a weighted surrogate is fitted to (z, score): Lasso / ridge /
+the input's values, absent: the baseline's — written in place by a numba kernel (one
+contiguous copy per run of equal labels) into one preallocated batch buffer, scored through
+the model's one ONNX Runtime session ``n_batch`` at a time; then a weighted surrogate is fitted to (z, score): Lasso / ridge /
 least squares (``fit_linear``), Shapley-kernel least squares under the efficiency constraint
 (``fit_shapley``) or a regression tree's predictor importance (``fit_tree``). Only the
 explained classes' scores are kept: memory is the buffer, ``(n_samples, M)`` coalitions and
@@ -54,6 +54,12 @@ class Item:
     labels: np.ndarray
     n_features: int
     extra: dict
+
+    def __post_init__(self) -> None:
+        """Runs of equal labels: ``starts`` ``(R + 1,)`` (ending with E) and their ``feats`` ``(R,)``."""
+        cut = np.flatnonzero(np.diff(self.labels)) + 1
+        self.starts = np.concatenate([[0], cut, [len(self.labels)]]).astype(np.int64)
+        self.feats = np.ascontiguousarray(self.labels[self.starts[:-1]])
 
     def sums(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per feature Σ x², Σ x·b, Σ b² (float64, ``(M,)`` each)."""
@@ -183,10 +189,10 @@ class Scorer:
     ``(b, K)``), only the ``columns`` asked kept."""
 
     def __init__(self, model: Model, shape: tuple[int, ...], n_batch: int, score: Callable,
-                 output: str, to_model_layout: Callable | None = None) -> None:
+                 output: str, to_model_layout: Callable | None = None, dtype: Any = np.float32) -> None:
         self.model, self.shape, self.score, self.output = model, shape, score, output
         self.to_model = to_model_layout
-        self.buf = np.empty((n_batch, int(np.prod(shape))), np.float32)
+        self.buf = np.empty((n_batch, int(np.prod(shape))), dtype)
 
     def __call__(self, item: Item, z: np.ndarray, columns: Sequence[int], bar: tqdm | None = None,
                  weigh: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
@@ -198,7 +204,7 @@ class Scorer:
         weights = np.empty(n, np.float64) if weigh is not None else None
         for start in range(0, n, nb):
             zb = z[start:start + nb]
-            kern.fill_coalitions(self.buf, item.x, item.base, item.labels, zb)
+            kern.fill_runs(self.buf, item.x, item.base, item.starts, item.feats, zb)
             batch = self.buf[:len(zb)].reshape((len(zb),) + self.shape)
             fed = batch if self.to_model is None else self.to_model(batch)
             raw = self.model.run_batch(fed, [self.output], item.extra)[0]
@@ -236,7 +242,7 @@ def run_items(model: Model, x: np.ndarray, baselines: np.ndarray, labels: list[n
     draws = [draw(i, int(lab.max()) + 1 if lab.size else 0) for i, lab in enumerate(labels)]
     total = sum(len(z) for z, _ in draws)
     scorer = Scorer(model, x.shape[1:], min(step, max(len(z) for z, _ in draws)), score, output,
-                    to_model_layout)
+                    to_model_layout, x.dtype)
     results, dropped = [], 0
     with tqdm(total=total, desc=desc, unit="sample", disable=not verbose, delay=1.0, leave=False) as bar:
         for i, (z, w) in enumerate(draws):

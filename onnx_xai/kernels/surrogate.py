@@ -17,7 +17,7 @@ from numba import njit
 def fill_coalitions(buf, x, base, labels, z):  # pragma: no cover - jitted
     """``buf[b, e] = x[e] if z[b, labels[e]] else base[e]`` for ``b < len(z)``.
 
-    buf: (N >= n, E) float32, written; x, base: (E,) float32; labels: (E,) int32 in
+    buf: (N >= n, E), written; x, base: (E,) of buf's dtype; labels: (E,) int32 in
     ``[0, M)``; z: (n, M) uint8. Serial on purpose (as the occlusion and RISE kernels):
     parallel numba threads would contend with ONNX Runtime's.
     """
@@ -26,6 +26,19 @@ def fill_coalitions(buf, x, base, labels, z):  # pragma: no cover - jitted
         row, zb = buf[b], z[b]
         for e in range(n_elements):
             row[e] = x[e] if zb[labels[e]] else base[e]
+
+
+@njit(cache=True, nogil=True)
+def fill_runs(buf, x, base, starts, feats, z):  # pragma: no cover - jitted
+    """``fill_coalitions`` over runs of equal labels: run r covers elements
+    ``[starts[r], starts[r + 1])`` (``starts`` ends with E), all of feature ``feats[r]``; each
+    run is one contiguous copy from ``x`` or ``base`` (images: rows of a superpixel or cell)."""
+    for b in range(z.shape[0]):
+        row, zb = buf[b], z[b]
+        for r in range(feats.shape[0]):
+            src = x if zb[feats[r]] else base
+            for e in range(starts[r], starts[r + 1]):  # a plain loop: faster than slice copies
+                row[e] = src[e]
 
 
 @njit(cache=True, nogil=True)
