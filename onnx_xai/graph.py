@@ -236,7 +236,6 @@ def layers(proto: onnx.ModelProto, input_shapes: dict[str, tuple] | None = None)
 # ---------------------------------------------------------------------------- static shapes
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                onnx.TensorProto.BFLOAT16)  # the floating-point element types
-_FLOATS = FLOAT_TYPES  # old name, until engines/cam.py and autodiff/__init__.py read FLOAT_TYPES
 
 
 def shape_of(value: onnx.ValueInfoProto) -> tuple | None:

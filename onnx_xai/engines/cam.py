@@ -389,7 +389,7 @@ def last_spatial_layer(proto: onnx.ModelProto, input_shapes: dict[str, tuple]) -
         for t in node.output:
             s = shapes.get(t)
             if (s is not None and len(s) >= 3 and max(s[2:]) > 1
-                    and types.get(t) in graph._FLOATS and node.op_type not in ("Constant", "Shape")):
+                    and types.get(t) in graph.FLOAT_TYPES and node.op_type not in ("Constant", "Shape")):
                 found = t
     if found is None:
         raise UnsupportedModelError("the model has no layer with spatial extent (N, C, H, W[, D]); "
