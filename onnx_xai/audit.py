@@ -300,7 +300,7 @@ def collect_inputs(paths: list[str], exclude: str | os.PathLike | None = None,
 
 
 def _output_names() -> tuple[re.Pattern, re.Pattern]:
-    methods = "|".join(re.escape(m) for m in sorted([*cli_methods.METHODS, "embedded"], key=len, reverse=True))
+    methods = "|".join(re.escape(m) for m in sorted([*cli_methods.available(), "embedded"], key=len, reverse=True))
     suffixes = "|".join(s.lstrip(".") for s in IMAGE_SUFFIXES + (".npy",))
     audit = re.compile(rf"^(input|{methods})\.(png|npy)$")
     explain = re.compile(rf"_({suffixes})(_\d+)?_(input|{methods})\.(png|npy)$", re.IGNORECASE)
