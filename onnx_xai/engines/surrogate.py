@@ -393,11 +393,24 @@ class SurrogateExplainer:
                              f"got {feature_mask!r}")
         self.feature_mask = feature_mask
         self.baselines = check_finite_array("baselines", baselines)
-        self.score = class_score_fn(activate)
+        self.score, self.activate = class_score_fn(activate), activate
         if seed is not None:
             positive_int("seed", seed, 0)
         self.seed, self.verbose = seed, verbose
         self.output = self.model.check_class_output(output)
+
+    def explain(self, x: np.ndarray, target: Any) -> np.ndarray:
+        """The registry's protocol: ``(N, C, *spatial)`` attributions of a class target of this
+        method's output (its activation must be the one ``activate`` gives: "none" for False,
+        "softmax" for True); other targets are refused with ``ValueError``."""
+        target = targets.target(target)
+        wanted = {False: "none", True: "softmax"}.get(self.activate) if not callable(self.activate) else None
+        if (type(target) is not targets.ClassTarget or target.output not in (None, self.output)
+                or target.activation != wanted):
+            raise ValueError(f"{self.desc} explains a class of output {self.output!r} scored with "
+                             f"activate={self.activate!r} (a ClassTarget with activation {wanted!r}); "
+                             f"got {target!r}")
+        return self(x, target.index)
 
     def __call__(self, x: Any, index: Any = None, *, feature_mask: Any = None, baselines: Any = None,
                  coalitions: Any = None, return_input_shape: bool = True,

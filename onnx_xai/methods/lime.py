@@ -23,11 +23,15 @@ import numpy as np
 from ..engines.surrogate import (SurrogateExplainer, check_coalitions, exp_kernel, fit_linear,
                                  fit_shapley, lime_coalitions, shap_coalitions)
 from ..finite import check_number
+from ..registry import method
 from ..runtime import ModelSource
 
 SURROGATES = ("lasso", "ridge", "linear")
 
 
+@method("lime", kind="perturbation", summary="LIME (weighted linear surrogate on feature groups; Captum)",
+        flags={"samples": "n_samples", "seed": "seed", "batch": "perturbations_per_eval"},
+        defaults={"n_samples": 500, "feature_mask": "grid", "seed": 0}, signed=True)
 class LIME(SurrogateExplainer):
     """``captum.attr.Lime``: weighted linear surrogate on binary feature coalitions.
 
@@ -82,6 +86,9 @@ class LIME(SurrogateExplainer):
         return fit_linear(z, y, w, self.surrogate, self.alpha)
 
 
+@method("kernelshap", kind="perturbation", summary="KernelSHAP (Shapley values of feature groups; Captum)",
+        flags={"samples": "n_samples", "seed": "seed", "batch": "perturbations_per_eval"},
+        defaults={"n_samples": 500, "feature_mask": "grid", "seed": 0}, signed=True)
 class KernelSHAP(SurrogateExplainer):
     """``captum.attr.KernelShap``: Shapley values of feature groups by kernel-weighted regression.
 
