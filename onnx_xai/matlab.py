@@ -19,7 +19,7 @@ from .registry import method
 from .runtime import Model, ModelSource, sigmoid, softmax
 
 Size = Union[str, int, Sequence[int]]
-_ENVIRONMENTS = ("auto", "gpu", "cpu")
+ENVIRONMENTS = ("auto", "gpu", "cpu")
 
 
 @method("matlab-occlusion", kind="matlab", summary="MATLAB-style occlusionSensitivity (score change, softmax scores)",
@@ -78,8 +78,8 @@ def occlusion_sensitivity(net: ModelSource, X: np.ndarray, channel_idx: int | Se
         ``(H, W)`` / ``(H, W, K)`` (``(T,)`` / ``(T, K)`` for sequences) float32 map; with
         ``output_upsampling="none"``, the grid of mask positions in place of ``(H, W)``.
     """
-    if execution_environment not in _ENVIRONMENTS:
-        raise ValueError(f"execution_environment must be one of {_ENVIRONMENTS}, got {execution_environment!r}")
+    if execution_environment not in ENVIRONMENTS:
+        raise ValueError(f"execution_environment must be one of {ENVIRONMENTS}, got {execution_environment!r}")
     if output_upsampling not in ("bicubic", "nearest", "none"):
         raise ValueError(f"output_upsampling must be 'bicubic', 'nearest' or 'none', got {output_upsampling!r}")
     if mask_clipping not in ("on", "off"):
@@ -88,13 +88,13 @@ def occlusion_sensitivity(net: ModelSource, X: np.ndarray, channel_idx: int | Se
         raise ValueError(f"activation must be None, 'softmax', 'sigmoid' or a callable, got {activation!r}")
     if not isinstance(mini_batch_size, (int, np.integer)) or mini_batch_size < 1:
         raise ValueError(f"mini_batch_size must be a positive integer, got {mini_batch_size!r}")
-    model = _as_model(net, execution_environment)
+    model = as_network(net, execution_environment)
     if output_name is not None:
         model = model.with_outputs([output_name])
         output = model.outputs[-1].name if output_name not in model.output_names else output_name
     else:
         output = model.output_names[0]
-    xcf, channel_last = _observation(model, X)
+    xcf, channel_last = observation(model, X)
     spatial = xcf.shape[1:]
     to_model = (lambda b: np.ascontiguousarray(np.moveaxis(b, 1, -1))) if channel_last else None
     masks = _per_axis(mask_size, spatial, 0.2, "mask_size")
@@ -107,8 +107,8 @@ def occlusion_sensitivity(net: ModelSource, X: np.ndarray, channel_idx: int | Se
     x1 = xcf[None]
     base = model.predict(to_model(x1) if to_model else x1, outputs=output)
     check_finite_output(base, f"output {output!r}", "X")
-    channels = _channels(channel_idx, base)
-    score = lambda out: _total(_activate(out, activation), channels)  # noqa: E731
+    channels = channel_indices(channel_idx, base)
+    score = lambda out: channel_totals(activate_output(out, activation), channels)  # noqa: E731
     base_score = score(base)
     check_finite_output(base_score, f"the score (activated output {output!r})", "X")
     occluded = occlusion_scores(model, x1, lo, hi, Occluder.constant(values), score, output=output,
@@ -122,7 +122,7 @@ def occlusion_sensitivity(net: ModelSource, X: np.ndarray, channel_idx: int | Se
         change = np.moveaxis(fill_nearest(np.moveaxis(change, -1, 0), ~ok), 0, -1)
     if output_upsampling != "none":
         for axis, size in enumerate(spatial):
-            change = _resize_axis(change, axis, size, output_upsampling)
+            change = resize_axis(change, axis, size, output_upsampling)
     return change[..., 0] if np.ndim(channel_idx) == 0 else change
 
 
@@ -144,13 +144,14 @@ def mask_positions(spatial: Sequence[int], masks: Sequence[int], strides: Sequen
     return lo.astype(np.int64), hi.astype(np.int64), grid
 
 
-def _as_model(net: ModelSource, environment: str) -> Model:
+def as_network(net: ModelSource, environment: str) -> Model:
+    """``net`` as a ``Model`` on MATLAB's ``ExecutionEnvironment`` (``auto`` / ``gpu`` / ``cpu``)."""
     if isinstance(net, Model) and environment in ("auto", net.device):
         return net
     return Model(net, device=environment)
 
 
-def _observation(model: Model, X: np.ndarray) -> tuple[np.ndarray, bool]:
+def observation(model: Model, X: np.ndarray) -> tuple[np.ndarray, bool]:
     """``X`` as channel-first float32 ``(C, *spatial)`` and whether the model is channel-last."""
     X = np.asarray(X)
     if X.dtype.kind not in "fiub":
@@ -211,7 +212,8 @@ def _mask_values(mask_value, xcf: np.ndarray) -> np.ndarray:
     return values
 
 
-def _channels(channel_idx, base: np.ndarray) -> np.ndarray:
+def channel_indices(channel_idx, base: np.ndarray) -> np.ndarray:
+    """MATLAB-style ``channel_idx`` (0-based int or ints) checked against the output ``base``."""
     n = 1 if base.ndim == 1 else base.shape[1]
     idx = np.atleast_1d(np.asarray(channel_idx))
     if idx.ndim != 1 or idx.size == 0 or idx.dtype.kind not in "iu":
@@ -223,7 +225,8 @@ def _channels(channel_idx, base: np.ndarray) -> np.ndarray:
     return idx.astype(np.int64)
 
 
-def _activate(out: np.ndarray, activation) -> np.ndarray:
+def activate_output(out: np.ndarray, activation) -> np.ndarray:
+    """``out`` ``(b, K, ...)`` through ``activation``: None, ``"softmax"``, ``"sigmoid"`` or a callable."""
     if activation is None:
         return out
     if callable(activation):
@@ -231,7 +234,7 @@ def _activate(out: np.ndarray, activation) -> np.ndarray:
     return softmax(out, axis=1) if activation == "softmax" else sigmoid(out)
 
 
-def _total(out: np.ndarray, channels: np.ndarray) -> np.ndarray:
+def channel_totals(out: np.ndarray, channels: np.ndarray) -> np.ndarray:
     """``(b, K)``: the chosen channels summed over the output's spatial axes."""
     out = out.reshape(out.shape[0], 1) if out.ndim == 1 else out
     picked = out[:, channels]
@@ -261,7 +264,8 @@ def imresize_matrix(n_in: int, n_out: int, method: str) -> np.ndarray:
     return weights / weights.sum(axis=1, keepdims=True)
 
 
-def _resize_axis(a: np.ndarray, axis: int, size: int, method: str) -> np.ndarray:
+def resize_axis(a: np.ndarray, axis: int, size: int, method: str) -> np.ndarray:
+    """``a`` resized along ``axis`` to ``size`` as MATLAB's ``imresize`` (``bicubic`` / ``nearest``)."""
     if a.shape[axis] == size:
         return a
     m = imresize_matrix(a.shape[axis], size, method).astype(np.float32)
@@ -294,12 +298,12 @@ def grad_cam(net: ModelSource, X: np.ndarray, channel_idx: int | Sequence[int], 
     Returns:
         ``(H, W)`` / ``(H, W, K)`` float32 (``(H, W, D[, K])`` for volumes).
     """
-    if execution_environment not in _ENVIRONMENTS:
-        raise ValueError(f"execution_environment must be one of {_ENVIRONMENTS}, got {execution_environment!r}")
+    if execution_environment not in ENVIRONMENTS:
+        raise ValueError(f"execution_environment must be one of {ENVIRONMENTS}, got {execution_environment!r}")
     if output_upsampling not in ("bicubic", "nearest", "none"):
         raise ValueError(f"output_upsampling must be 'bicubic', 'nearest' or 'none', got {output_upsampling!r}")
-    model = _as_model(net, execution_environment)
-    xcf, channel_last = _observation(model, X)
+    model = as_network(net, execution_environment)
+    xcf, channel_last = observation(model, X)
     x1 = np.ascontiguousarray(np.moveaxis(xcf, 0, -1))[None] if channel_last else xcf[None]
     output = None
     if reduction_layer is not None:
@@ -308,7 +312,7 @@ def grad_cam(net: ModelSource, X: np.ndarray, channel_idx: int | Sequence[int], 
                   else model.outputs[-1].name)
     info = next(o for o in model.outputs if o.name == (output or model.output_names[0]))
     n_channels = info.shape[1] if len(info.shape) > 1 and isinstance(info.shape[1], int) else None
-    channels = (_channels(channel_idx, np.zeros((1, n_channels))) if n_channels
+    channels = (channel_indices(channel_idx, np.zeros((1, n_channels))) if n_channels
                 else np.atleast_1d(np.asarray(channel_idx)))  # else the engine checks the range
     if feature_layer is None:
         feature_layer = last_spatial_layer(model.require_proto("grad_cam"),
@@ -319,5 +323,5 @@ def grad_cam(net: ModelSource, X: np.ndarray, channel_idx: int | Sequence[int], 
     cam = np.moveaxis(cam[:, 0], 0, -1)  # (*grid, K)
     if output_upsampling != "none":
         for axis, size in enumerate(xcf.shape[1:]):
-            cam = _resize_axis(cam, axis, size, output_upsampling)
+            cam = resize_axis(cam, axis, size, output_upsampling)
     return cam[..., 0] if np.ndim(channel_idx) == 0 else cam

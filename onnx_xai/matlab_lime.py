@@ -9,7 +9,8 @@ import numpy as np
 from .engines.segmentation import grid_labels, grid_shape, superpixel_labels
 from .engines.surrogate import (base_scores, fit_linear, fit_tree, lime_coalitions, positive_int,
                                 run_items)
-from .matlab import _ENVIRONMENTS, _activate, _as_model, _channels, _observation, _resize_axis, _total
+from .matlab import (ENVIRONMENTS, activate_output, as_network, channel_indices, channel_totals,
+                     observation, resize_axis)
 from .runtime import ModelSource
 
 KERNEL_WIDTH = 0.25  # LIME's image kernel (lime_image.LimeImageExplainer) on the coalition vectors
@@ -53,8 +54,8 @@ def image_lime(net: ModelSource, X: np.ndarray, channel_idx: int | Sequence[int]
         ``feature_map`` ``(H, W)`` int32 feature of every pixel (0-based; MATLAB's is 1-based),
         ``feature_importance`` ``(M,)`` float32 (``(M, K)``).
     """
-    if execution_environment not in _ENVIRONMENTS:
-        raise ValueError(f"execution_environment must be one of {_ENVIRONMENTS}, got {execution_environment!r}")
+    if execution_environment not in ENVIRONMENTS:
+        raise ValueError(f"execution_environment must be one of {ENVIRONMENTS}, got {execution_environment!r}")
     if output_upsampling not in ("bicubic", "nearest", "none"):
         raise ValueError(f"output_upsampling must be 'bicubic', 'nearest' or 'none', got {output_upsampling!r}")
     if model not in ("tree", "linear"):
@@ -67,20 +68,20 @@ def image_lime(net: ModelSource, X: np.ndarray, channel_idx: int | Sequence[int]
     batch = positive_int("mini_batch_size", mini_batch_size)
     if seed is not None:
         positive_int("seed", seed, 0)
-    net = _as_model(net, execution_environment)
+    net = as_network(net, execution_environment)
     output = net.output_names[0]
     if output_name is not None:
         net = net.with_outputs([output_name])
         output = output_name if output_name in net.output_names else net.outputs[-1].name
-    xcf, channel_last = _observation(net, X)
+    xcf, channel_last = observation(net, X)
     spatial = xcf.shape[1:]
     to_model = (lambda b: np.ascontiguousarray(np.moveaxis(b, 1, -1))) if channel_last else None
     labels = _segment(segmentation, xcf, num_features)
     m = int(labels.max()) + 1
     x1 = xcf[None]
-    raw = base_scores(net, x1, lambda out: _activate(out, activation), output, batch, None, to_model)
-    channels = _channels(channel_idx, raw)
-    score = lambda out: _total(_activate(out, activation), channels)  # noqa: E731
+    raw = base_scores(net, x1, lambda out: activate_output(out, activation), output, batch, None, to_model)
+    channels = channel_indices(channel_idx, raw)
+    score = lambda out: channel_totals(activate_output(out, activation), channels)  # noqa: E731
     base = np.broadcast_to(xcf.reshape(len(xcf), -1).mean(1, dtype=np.float64).astype(np.float32)
                            .reshape((1, -1) + (1,) * len(spatial)), x1.shape)
 
@@ -98,7 +99,7 @@ def image_lime(net: ModelSource, X: np.ndarray, channel_idx: int | Sequence[int]
         smap = importance.reshape(grid_shape(spatial, num_features) + (len(channels),))
         if output_upsampling != "none":
             for axis, size in enumerate(spatial):
-                smap = _resize_axis(smap, axis, size, output_upsampling)
+                smap = resize_axis(smap, axis, size, output_upsampling)
     else:
         smap = importance[labels]
     if np.ndim(channel_idx) == 0:

@@ -20,12 +20,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .finite import check_number
+from .finite import check_finite_array, check_number
 from .runtime import Model, ModelSource, sigmoid, softmax
 
 __all__ = ["Target", "ClassTarget", "RegionTarget", "OutputTarget", "target", "ACTIVATIONS",
            "positive_int", "check_number", "as_model", "per_sample_classes", "class_list",
-           "top_class", "activation", "model_argument", "class_scorer", "item_scorers"]
+           "top_class", "activation", "model_argument", "class_scorer", "item_scorers",
+           "broadcast_to_input"]
 
 ACTIVATIONS = ("none", "softmax", "sigmoid")
 
@@ -54,6 +55,22 @@ def model_argument(model: Any, nn_module: Any, owner: str = "this class") -> Any
     if model is None:
         raise TypeError(f"{owner} needs a model: the first argument, or nn_module= (MONAI's name)")
     return model
+
+
+def broadcast_to_input(name: str, value: Any, x: np.ndarray) -> np.ndarray:
+    """A finite number or array broadcastable to ``x`` (a baseline) → ``x``-shaped, ``x``'s
+    dtype, contiguous; ``ValueError`` naming ``name`` when it is not finite, overflows the
+    dtype or does not broadcast."""
+    b = check_finite_array(name, value)
+    with np.errstate(over="ignore"):
+        b = b.astype(x.dtype)
+    if not np.isfinite(b).all():
+        raise ValueError(f"{name} overflows {x.dtype.name}")
+    try:
+        return np.ascontiguousarray(np.broadcast_to(b, x.shape))
+    except ValueError:
+        raise ValueError(f"{name} of shape {b.shape} does not broadcast to the input {x.shape}: give "
+                         "a number or an array shaped like x or one sample") from None
 
 
 def _ints(value: Any, name: str) -> np.ndarray:

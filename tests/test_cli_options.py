@@ -8,13 +8,11 @@ import json
 
 import numpy as np
 import onnx
-import onnx.helper as oh
-import onnx.numpy_helper as onh
 import pytest
 
-import onnx_xai
 from onnx_xai import cli_methods
 from onnx_xai.cli import main
+from conftest import conv_classifier
 
 # flag value given on the command line, and the class arguments it may land in
 FLAGS = {"--batch": (3, ("n_batch", "batch_size", "mini_batch_size", "internal_batch_size")),
@@ -27,16 +25,8 @@ FLAGS = {"--batch": (3, ("n_batch", "batch_size", "mini_batch_size", "internal_b
 def files(tmp_path_factory):
     """A small conv classifier ``(B, 3, 8, 8) → (B, 4)`` and one input array."""
     rng = np.random.default_rng(0)
-    inits = [onh.from_array(rng.normal(size=(6, 3, 3, 3)).astype(np.float32), "W"),
-             onh.from_array(rng.normal(size=(4, 6)).astype(np.float32), "F")]
-    nodes = [oh.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1], name="conv"),
-             oh.make_node("Relu", ["c"], ["r"], name="relu"),
-             oh.make_node("GlobalAveragePool", ["r"], ["p"]), oh.make_node("Flatten", ["p"], ["f"]),
-             oh.make_node("Gemm", ["f", "F"], ["y"], transB=1, name="fc")]
-    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["B", 3, 8, 8])],
-                          [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["B", 4])], inits)
     folder = tmp_path_factory.mktemp("cli_options")
-    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8), folder / "m.onnx")
+    onnx.save(conv_classifier(), folder / "m.onnx")
     np.save(folder / "x.npy", rng.normal(size=(3, 8, 8)).astype(np.float32))
     return folder / "m.onnx", folder / "x.npy"
 

@@ -11,6 +11,7 @@ import onnx.numpy_helper as onh
 import pytest
 
 import onnx_xai
+from conftest import conv_classifier
 from onnx_xai import Model, UnsupportedModelError
 from onnx_xai.runtime import THREADS_PER_CORE, usable_cores
 
@@ -23,16 +24,7 @@ def _model(nodes, inputs, outputs, inits=(), opset=17) -> onnx.ModelProto:
 
 
 def _conv_net(batch="B", out_shape=None, tail=()) -> onnx.ModelProto:
-    """x (batch, 3, 8, 8) → Conv → Relu ("relu") → GlobalAveragePool → Flatten → Gemm → y (batch, 4)."""
-    rng = np.random.default_rng(0)
-    inits = [onh.from_array(rng.normal(size=(6, 3, 3, 3)).astype(np.float32), "W"),
-             onh.from_array(rng.normal(size=(4, 6)).astype(np.float32), "F")]
-    nodes = [oh.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1], name="conv"),
-             oh.make_node("Relu", ["c"], ["r"], name="relu"),
-             oh.make_node("GlobalAveragePool", ["r"], ["p"]), oh.make_node("Flatten", ["p"], ["f"]),
-             oh.make_node("Gemm", ["f", "F"], ["y" if not tail else "g"], transB=1)] + list(tail)
-    return _model(nodes, [oh.make_tensor_value_info("x", F32, [batch, 3, 8, 8])],
-                  [oh.make_tensor_value_info("y", F32, out_shape or [batch, 4])], inits)
+    return conv_classifier(batch, out_shape, tail)
 
 
 @pytest.fixture

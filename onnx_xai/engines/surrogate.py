@@ -109,16 +109,7 @@ def feature_labels(mask: Any, x: np.ndarray, n_features: int = 49) -> list[np.nd
 
 def baseline_values(baselines: Any, x: np.ndarray) -> np.ndarray:
     """Captum's ``baselines``: a number or an array broadcastable to ``x`` → ``x``-shaped float32."""
-    b = check_finite_array("baselines", baselines)
-    with np.errstate(over="ignore"):
-        b = b.astype(x.dtype)
-    if not np.isfinite(b).all():
-        raise ValueError(f"baselines overflow {x.dtype.name}")
-    try:
-        return np.ascontiguousarray(np.broadcast_to(b, x.shape))
-    except ValueError:
-        raise ValueError(f"baselines of shape {b.shape} do not broadcast to the input {x.shape}: give "
-                         "a number or an array shaped like x or one sample") from None
+    return targets.broadcast_to_input("baselines", baselines, x)
 
 
 def check_coalitions(coalitions: Any, m: int) -> np.ndarray:

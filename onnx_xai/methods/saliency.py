@@ -200,14 +200,7 @@ class IntegratedGradients(VanillaGrad):
             lo, hi = (v.reshape((-1,) + (1,) * len(axes)) for v in (x.min(axes), x.max(axes)))
             u = np.random.default_rng(self.seed).random(x.shape, dtype=np.float32)
             return (lo + u * (hi - lo)).astype(x.dtype)
-        b = np.asarray(self.baseline, x.dtype)
-        if not np.isfinite(b).all():
-            raise ValueError(f"baseline overflows {x.dtype.name}")
-        try:
-            return np.ascontiguousarray(np.broadcast_to(b, x.shape))
-        except ValueError:
-            raise ValueError(f"baseline of shape {b.shape} does not broadcast to the input "
-                             f"{x.shape}: give a number or an array shaped like x or one sample") from None
+        return targets.broadcast_to_input("baseline", self.baseline, x)
 
     def __call__(self, x: np.ndarray, index: Any = None, return_convergence_delta: bool = False,
                  **extra_inputs) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
