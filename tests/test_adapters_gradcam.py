@@ -133,3 +133,14 @@ def test_show_cam_on_image_and_preprocess():
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     np.testing.assert_allclose(ours.preprocess_image(img, mean, std), ref_preprocess(img, mean, std).numpy(),
                                rtol=1e-6, atol=1e-6)
+
+
+def test_library_gradcam_elementwise_class_matches_pytorch_grad_cam(resnet):
+    """onnx_xai.GradCAMElementWise (added as one registered class) against pytorch-grad-cam's own:
+    our default post-processing (linear upsampling, min-max) gives its scaled maps."""
+    import onnx_xai
+
+    net, onnx_bytes, x = resnet
+    ref = reference("GradCAMElementWise", net, [net.layer4[-1]], x, [RefTarget(1), RefTarget(3)])
+    got = onnx_xai.GradCAMElementWise(onnx_bytes, "layer4")(x, [1, 3])[:, 0]
+    np.testing.assert_allclose(got, ref, atol=TOL)
