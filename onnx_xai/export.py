@@ -24,6 +24,7 @@ from . import graph, registry
 from .autodiff import SCORE, WEIGHTS, GradientRequest, input_shapes, passes, portable, score_graph
 from .engines.cam import GraphTaps, last_spatial_layer
 from .errors import UnsupportedModelError
+from .finite import positive_int
 from .runtime import Model
 
 __all__ = ["export_explainer", "explainer_info", "export_methods"]
@@ -225,8 +226,7 @@ def export_explainer(model: Any, method: str = "gradcam", target_layers: str | S
                          f"{', '.join(export_methods())}")
     if class_idx is not None and (not isinstance(class_idx, (int, np.integer)) or class_idx < -1):
         raise ValueError(f"class_idx must be None, -1 or a class index >= 0, got {class_idx!r}")
-    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
-        raise ValueError(f"batch_size must be None or a positive integer, got {batch_size!r}")
+    batch_size = None if batch_size is None else positive_int("batch_size", batch_size)
     m = model if isinstance(model, Model) else Model(model, device="cpu", verbose=False)
     proto = m.require_proto("export_explainer")
     contrib = [f"{n.domain}:{n.op_type} ({n.name!r})" for n in proto.graph.node

@@ -114,3 +114,10 @@ def warn_nonfinite(method: str, bad: int, total: int, what: str, rule: str,
     if bad:
         warnings.warn(f"{method}: the model's output is not finite (NaN or inf) for {bad} of "
                       f"{total} {what}; {rule}", NonFiniteWarning, stacklevel=stacklevel)
+
+
+def positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int ``>= minimum`` (bools and floats refused), or ``ValueError`` naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)

@@ -13,7 +13,7 @@ import numpy as np
 from . import targets
 from .engines.cam import last_spatial_layer
 from .engines.occlusion import Occluder, fill_nearest, occlusion_scores
-from .finite import check_finite_array, check_finite_input, check_finite_output, finite_rows
+from .finite import check_finite_array, check_finite_input, check_finite_output, finite_rows, positive_int
 from .methods.cam import GradCAM
 from .registry import method
 from .runtime import Model, ModelSource, sigmoid, softmax
@@ -86,8 +86,7 @@ def occlusion_sensitivity(net: ModelSource, X: np.ndarray, channel_idx: int | Se
         raise ValueError(f"mask_clipping must be 'on' or 'off', got {mask_clipping!r}")
     if not (activation is None or callable(activation) or activation in ("softmax", "sigmoid")):
         raise ValueError(f"activation must be None, 'softmax', 'sigmoid' or a callable, got {activation!r}")
-    if not isinstance(mini_batch_size, (int, np.integer)) or mini_batch_size < 1:
-        raise ValueError(f"mini_batch_size must be a positive integer, got {mini_batch_size!r}")
+    positive_int("mini_batch_size", mini_batch_size)
     model = as_network(net, execution_environment)
     if output_name is not None:
         model = model.with_outputs([output_name])

@@ -7,8 +7,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .engines.segmentation import grid_labels, grid_shape, superpixel_labels
-from .engines.surrogate import (base_scores, fit_linear, fit_tree, lime_coalitions, positive_int,
-                                run_items)
+from .engines.surrogate import base_scores, fit_linear, fit_tree, lime_coalitions, run_items
+from .finite import positive_int
 from .matlab import (ENVIRONMENTS, activate_output, as_network, channel_indices, channel_totals,
                      observation, resize_axis)
 from .runtime import ModelSource

@@ -94,10 +94,7 @@ def _curve(kind: str, model: ModelSource, x: Any, saliency: Any, index: Any, opt
     n_steps, batch_size, extra_inputs = opt.n_steps, opt.batch_size, opt.extra_inputs
     if x.ndim < 3:
         raise ValueError(f"{kind} needs a (B, C, *spatial) input, got shape {x.shape}")
-    if not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    n_steps, batch_size = targets.positive_int("n_steps", n_steps), targets.positive_int("batch_size", batch_size)
     b, c = x.shape[:2]
     n_pix = int(np.prod(x.shape[2:]))
     sal = _flat_maps(saliency, b, n_pix, kind)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import graph
 from .errors import DeviceError, OnnxXaiError, UnsupportedModelError
-from .finite import check_finite_input
+from .finite import check_finite_input, positive_int
 
 ModelSource = Union["Model", str, os.PathLike, bytes, onnx.ModelProto, ort.InferenceSession]
 
@@ -170,8 +170,7 @@ def check_threads(threads: Any) -> int | None:
     cores (ONNX Runtime would otherwise spawn them all, never returning)."""
     if threads is None:
         return None
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    threads = positive_int("threads", threads)
     limit = THREADS_PER_CORE * usable_cores()
     if threads > limit:
         raise ValueError(f"threads={threads} is more than {THREADS_PER_CORE} per usable core "
@@ -618,8 +617,7 @@ class Model:
     def plan_batch(self, x: np.ndarray, batch_size: int, extra: dict[str, np.ndarray]) -> int:
         """The batch size runs can really use: ``batch_size`` for a dynamic batch, else the
         model's fixed size (after trying, once, to make the batch dynamic using ``x``)."""
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = positive_int("batch_size", batch_size)
         step = min(int(batch_size), max(x.shape[0], 1)) if x.shape[0] > 1 else int(batch_size)
         if self._batch != "dynamic" and (step > 1 or self._batch != 1):
             self._make_batch_dynamic(x, extra)

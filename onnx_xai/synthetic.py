@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .finite import positive_int
+
 SHAPES_2D = ("square", "disc", "triangle", "cross")
 BLOBS_3D = ("bright", "dark")
 
 
 def _check(n: int, size: int, smallest: int) -> None:
-    if not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    positive_int("n", n)
     if not isinstance(size, (int, np.integer)) or size < smallest:
         raise ValueError(f"size must be an integer >= {smallest}, got {size!r}")
 

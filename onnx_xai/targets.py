@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .finite import check_finite_array, check_number
+from .finite import check_finite_array, check_number, positive_int
 from .runtime import Model, ModelSource, sigmoid, softmax
 
 __all__ = ["Target", "ClassTarget", "RegionTarget", "OutputTarget", "target", "ACTIVATIONS",
@@ -32,13 +32,6 @@ ACTIVATIONS = ("none", "softmax", "sigmoid")
 
 
 # ---------------------------------------------------------------------------- arguments
-def positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    """``value`` as an int ``>= minimum`` (bools and floats refused), or ``ValueError`` naming ``name``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def as_model(model: ModelSource, **options: Any) -> Model:
     """``model`` as a ``Model`` (a ``Model`` is used as it is; anything else is loaded with ``options``)."""
     return model if isinstance(model, Model) else Model(model, **options)

@@ -24,9 +24,6 @@ from onnx_xai import Model, UnsupportedModelError, assets, synthetic  # noqa: E4
 from onnx_xai.export import export_explainer, export_methods  # noqa: E402
 
 TOL = 1e-5
-CLASSES = {"gradcam": ox.GradCAM, "gradcampp": ox.GradCAMpp, "layercam": ox.LayerCAM,
-           "xgradcam": ox.XGradCAM, "hirescam": ox.HiResCAM, "cam": ox.CAM,
-           "vanilla": ox.VanillaGrad, "inputxgrad": ox.InputXGradient}
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +45,8 @@ def session(proto: onnx.ModelProto) -> ort.InferenceSession:
 
 def python_map(model, method, layer, x, idx):
     """The Python API's map for ``x`` and classes ``idx``."""
-    cls = CLASSES[method]
-    explainer = cls(model) if method in ("vanilla", "inputxgrad") else cls(model, layer)
+    info = ox.registry.get(method)  # every exportable method, as the registry lists them
+    explainer = info.impl(model) if info.kind == "gradient" else info.impl(model, layer)
     return explainer(x, idx)
 
 

@@ -46,6 +46,7 @@ import numpy as np
 import scipy.ndimage
 
 from .. import graph
+from ..finite import positive_int
 from ..engines.cam import Taps, forward_taps, gradient_taps
 from ..methods.cam import ScoreCAM as _ScoreCAMEngine
 from ..runtime import Model, ModelSource
@@ -199,8 +200,7 @@ class BaseCAM:
         proto = self.model.require_proto(type(self).__name__)
         for name in layers:
             graph.resolve_layer(proto, name)  # unknown names fail here, listing close ones
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = positive_int("batch_size", batch_size)
         self.target_layers, self.batch_size = layers, int(batch_size)
         self.reshape_transform = None
         self.outputs: np.ndarray | None = None

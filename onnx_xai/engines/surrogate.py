@@ -28,7 +28,7 @@ from scipy.special import comb
 from tqdm.auto import tqdm
 
 from ..errors import NonFiniteError
-from ..finite import check_finite_array, check_finite_output, finite_rows, warn_nonfinite
+from ..finite import check_finite_array, check_finite_output, finite_rows, positive_int, warn_nonfinite
 from ..kernels import surrogate as kern
 from .. import targets
 from ..runtime import Model
@@ -345,12 +345,6 @@ def fit_tree(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- the call flow
-def positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def target_columns(index: Any, base: np.ndarray) -> np.ndarray:
     """Captum-style target: None (each item's top class), an int, or one int per item → ``(N, 1)``."""
     n, k = base.shape
