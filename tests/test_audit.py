@@ -88,9 +88,9 @@ def _cmdline(pid: int) -> str:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find the workers")
 def test_killed_audit_takes_its_workers_along_and_resumes(tmp_path):
     folder, out = tmp_path / "in", tmp_path / "out"
-    n = 8
+    n = 16  # enough work that the audit cannot finish between two looks at its workers
     shapes_png(folder, n, seed=7)
-    args = ["audit", SHAPES, folder, "--methods", "rise,occlusion", "--n-masks", "400", "--mask-size", "16",
+    args = ["audit", SHAPES, folder, "--methods", "rise,occlusion", "--n-masks", "2000", "--mask-size", "16",
             "--overlap", "0", "--metric-steps", "4", "--out", out, "--quiet", "--threads", "1"]
     proc = subprocess.Popen([sys.executable, "-m", "onnx_xai.cli", *map(str, args), "--workers", "2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
