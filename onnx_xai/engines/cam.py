@@ -308,20 +308,12 @@ def channel_scores(method: Any, x: np.ndarray, t: Taps) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- graph look-ups
-def _consumers(proto: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    users: dict[str, list] = {}
-    for node in proto.graph.node:
-        for name in node.input:
-            users.setdefault(name, []).append(node)
-    return users
-
-
 def fc_weights(proto: onnx.ModelProto, layer_tensor: str, fc_layer: str | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
     """``(W (K, C), b (K,))`` of the fully connected layer after global pooling of
     ``layer_tensor``: the node named by ``fc_layer`` (node / tensor / module path), or the
     first Gemm / MatMul(+Add) reached from ``layer_tensor`` through a global pooling."""
-    consts, users = constant_values(proto), _consumers(proto)
+    consts, users = constant_values(proto), graph.consumers(proto)
     if fc_layer is not None:
         tensor = graph.resolve_layer(proto, fc_layer)
         node = next(n for n in proto.graph.node if tensor in n.output)

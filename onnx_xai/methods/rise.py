@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 from .. import targets
 from ..errors import NonFiniteError
 from ..finite import check_finite_output, check_number, finite_rows, warn_nonfinite
-from ..kernels import rise as kernel
+from ..kernels import rise as kern
 from ..registry import method
 from ..runtime import ModelSource
 
@@ -76,7 +76,7 @@ class RISE:
         for item, score in enumerate(scorers):
             check_finite_output(score(raw[item:item + 1]), f"the score (of output {output!r})")
         nb = min(self.n_batch, self.n_masks)
-        masks = kernel.MaskBatch(spatial, x.shape[1], tuple(np.broadcast_to(self.cell_size, len(spatial))),
+        masks = kern.MaskBatch(spatial, x.shape[1], tuple(np.broadcast_to(self.cell_size, len(spatial))),
                                  self.p1, nb)
         result, dropped = [], 0
         show = self.model.verbose if self.verbose is None else self.verbose
