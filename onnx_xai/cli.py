@@ -273,8 +273,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_output_file(args.out)  # before the work: a bad -o is one line, at once
     proto = export_explainer(args.model, args.method, target_layers=args.layer,
                              class_idx=args.class_idx, upsample=not args.no_upsample,
-                             normalize=not args.no_normalize)
+                             normalize=not args.no_normalize, activation=args.activation)
     path = write_file(args.out, proto.SerializeToString())
+    sidecar = Path(args.model).with_suffix(".json")
+    if sidecar.is_file():  # the same preprocessing for `onnx-xai explain` of the exported model
+        write_file(Path(args.out).with_suffix(".json"), sidecar.read_bytes())
     print(f"{path}: outputs {[o.name for o in proto.graph.output]}, method {args.method}")
     return 0
 
@@ -353,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default of the model's optional class_idx input (default: -1, argmax)")
     export.add_argument("--no-upsample", action="store_true", help="CAM map at the layer's resolution")
     export.add_argument("--no-normalize", action="store_true", help="raw CAM values")
+    export.add_argument("--activation", choices=["none", "softmax", "sigmoid"], default="none",
+                        help="explain the class logit (none) or its softmax / sigmoid probability")
     export.add_argument("-o", "--out", required=True, help="output .onnx file")
     export.add_argument("--debug", action="store_true", help="show tracebacks")
     export.set_defaults(func=cmd_export)

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from . import graph, registry
+from . import graph, registry, targets
 from .autodiff import SCORE, WEIGHTS, GradientRequest, input_shapes, passes, portable, score_graph
 from .engines.cam import GraphTaps, last_spatial_layer
 from .errors import UnsupportedModelError
@@ -40,7 +40,8 @@ class ExportPlan:
     """What ``export_explainer`` decided: the method's instance and kind, the gradient
     ``core`` graph with its activation / gradient / target-weights tensors, the explained
     ``output``, the per-sample input shape, the fixed batch (None: dynamic), the target
-    layer, the ``class_idx`` default and the post-processing switches."""
+    layer, the ``class_idx`` default, the post-processing switches and the activation of the
+    explained score."""
 
     explainer: Any
     kind: str
@@ -55,6 +56,7 @@ class ExportPlan:
     class_idx: int | None
     upsample: bool
     normalize: bool
+    score_activation: str = "none"
 
 _FLIPPED = ("gradcam", "gradcampp", "cam")  # older exports carry no "hot": their flipped methods
 CLASS_IDX, SALIENCY = "class_idx", "saliency"
@@ -132,11 +134,11 @@ def _relax_batch(p2: onnx.ModelProto, p3: onnx.ModelProto, batch_inputs: list[st
 
 # ---------------------------------------------------------------------------- cores
 def _gradient_core(model: Model, proto: onnx.ModelProto, wrt: str, output: str,
-                   per_sample: tuple, batch: int) -> tuple[onnx.ModelProto, str, str, str]:
-    """Gradient graph at ``batch`` with the seed fixed to 1 and the probe removed.
-    Returns (graph, activation tensor, gradient tensor ``(B, …, 1)``, weights input)."""
+                   per_sample: tuple, batch: int, activation: str) -> tuple[onnx.ModelProto, str, str, str]:
+    """Gradient graph at ``batch`` (score head with ``activation``) with the seed fixed to 1 and
+    the probe removed. Returns (graph, activation tensor, gradient tensor ``(B, …, 1)``, weights input)."""
     shapes = input_shapes(model, batch, per_sample, None)
-    request = GradientRequest((wrt,), output, tuple(sorted(shapes.items())))
+    request = GradientRequest((wrt,), output, tuple(sorted(shapes.items())), activation=activation)
     static, sources, layers = score_graph(model, proto, request)
     built, grads, seed = portable.build(static, list(sources.values()), SCORE)
     src = sources[wrt]
@@ -195,7 +197,8 @@ def _postprocess(b: graph.NodeBuilder, cam: str, size: tuple, upsample: bool, no
 def export_explainer(model: Any, method: str = "gradcam", target_layers: str | Sequence[str] | None = None,
                      class_idx: int | None = None, upsample: bool = True, normalize: bool = True, *,
                      output: str | None = None, input_shape: Sequence[int] | None = None,
-                     batch_size: int | None = None, fc_layers: str | None = "fc") -> onnx.ModelProto:
+                     batch_size: int | None = None, fc_layers: str | None = "fc",
+                     activation: str = "none") -> onnx.ModelProto:
     """One ONNX model returning the model's outputs and ``saliency``.
 
     Args:
@@ -212,6 +215,9 @@ def export_explainer(model: Any, method: str = "gradcam", target_layers: str | S
         output: the explained output (default: the first). input_shape: per-sample
             ``(C, H, W[, D])`` where the model's is not fixed. batch_size: fixed batch of
             the export; None: dynamic when the model's batch is. fc_layers: see ``CAM``.
+        activation: the explained score, as a ``ClassTarget``'s: the class's raw output
+            (``"none"``), its ``"softmax"`` probability or its ``"sigmoid"`` (gradient methods;
+            the map equals the class called with ``ClassTarget(index, activation=...)``).
     Returns:
         ``onnx.ModelProto``; inputs: the model's, plus ``class_idx`` int64 ``(B,)`` or ``(1,)``
         (optional, default [-1]; a negative entry means the argmax class); outputs: the
@@ -221,6 +227,7 @@ def export_explainer(model: Any, method: str = "gradcam", target_layers: str | S
         else ``"high"``); :func:`explainer_info` reads them, ``onnx-xai explain`` honours them.
     """
     info = registry.get(method)
+    activation = targets.activation(activation)
     if not info.exportable:
         raise ValueError(f"method {method!r} cannot be written into an ONNX graph; exportable: "
                          f"{', '.join(export_methods())}")
@@ -257,17 +264,20 @@ def export_explainer(model: Any, method: str = "gradcam", target_layers: str | S
         extra = {"fc_layers": fc_layers} if "fc_layers" in inspect.signature(info.impl).parameters else {}
         explainer = info.impl(m, layer, **extra)
     if not getattr(explainer, "gradients", True):
+        if activation != "none":
+            raise ValueError(f"method {method!r} reads no gradients: activation={activation!r} "
+                             "changes nothing; leave it 'none'")
         core, act, grad, weights = proto, layer, None, "xai/weights"
     else:
         wrt = layer or m.input_name
-        build = lambda b: _gradient_core(m, proto, wrt, output, per_sample, b)
+        build = lambda b: _gradient_core(m, proto, wrt, output, per_sample, b, activation)
         if fixed is not None:
             core, act, grad, weights = build(int(fixed))
         else:
             (c2, act, grad, weights), (c3, *_) = build(2), build(3)
             core = _relax_batch(c2, c3, [i.name for i in m.inputs])
     plan = ExportPlan(explainer, info.kind, core, act, grad, weights, output, per_sample, fixed,
-                      layer, class_idx, bool(upsample), bool(normalize))
+                      layer, class_idx, bool(upsample), bool(normalize), activation)
     return _finish(m, proto, shapes, plan)
 
 
@@ -292,7 +302,9 @@ def _finish(m: Model, proto: onnx.ModelProto, shapes: dict, plan: ExportPlan) ->
                              "needs a layer with spatial extent (C, H, W[, D]) before global pooling")
         score = None
         if not plan.normalize:  # else left out: a positive per-sample factor cancels there
-            s = b.reduce("ReduceSum", b.op("Mul", [plan.output, plan.weights]), [1])
+            scored = {"none": plan.output, "softmax": b.op("Softmax", [plan.output], axis=1),
+                      "sigmoid": b.op("Sigmoid", [plan.output])}[plan.score_activation]
+            s = b.reduce("ReduceSum", b.op("Mul", [scored, plan.weights]), [1])
             score = b.op("Unsqueeze", [s, b.const(list(range(2, nd)))])
         taps = GraphTaps(plan.activation, grad, score, idx, nd, shapes[layer][1])
         raw = plan.explainer.graph_rule(b, taps)
@@ -317,7 +329,8 @@ def _finish(m: Model, proto: onnx.ModelProto, shapes: dict, plan: ExportPlan) ->
     hot = "low" if plan.normalize and plan.kind == "cam" and plan.explainer.hot == "low" else "high"
     meta = {"method": method, "layer": plan.layer, "output": plan.output, "upsample": plan.upsample,
             "normalize": plan.normalize, "input_shape": list(plan.per_sample),
-            "batch": "dynamic" if plan.fixed is None else int(plan.fixed), "hot": hot}
+            "batch": "dynamic" if plan.fixed is None else int(plan.fixed), "hot": hot,
+            "activation": plan.score_activation}
     helper.set_model_props(out, {**{p.key: p.value for p in proto.metadata_props},
                                  _META: json.dumps(meta), META_METHOD: method, META_HOT: hot})
     return out

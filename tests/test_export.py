@@ -165,7 +165,9 @@ def test_cli_export_then_explain(tmp_path):
     r = subprocess.run(cmd + ["export", str(model), "--method", "gradcam", "--layer", "/10/Relu",
                               "-o", str(out)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert [p.name for p in tmp_path.iterdir()] == ["explainer.onnx"]  # no temp file left
+    sidecar = json.loads(model.with_suffix(".json").read_text())  # copied: the same preprocessing
+    assert json.loads(out.with_suffix(".json").read_text()) == sidecar
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["explainer.json", "explainer.onnx"]  # no temp file
     x = synthetic.blobs_3d(2, seed=4)[0].astype(np.float32)
     got = session(onnx.load(out)).run(["saliency"], {"input": x})[0]
     m = Model(model, device="cpu", verbose=False)
@@ -316,3 +318,31 @@ def test_batch_relaxation_rules():
     np.testing.assert_array_equal(session(relaxed).run(None, {"x": x})[0], x.reshape(30, 1))
     with pytest.raises(UnsupportedModelError, match="constant 'k' .read by Mul 'scale'"):
         _relax_batch(built(2, 2.0), built(3, 3.0), ["x"])
+
+
+@pytest.mark.parametrize("method", ["gradcam", "vanilla", "gradcampp"])
+def test_exported_softmax_target_equals_the_python_class(resnet, method):
+    """activation="softmax": the exported map explains the class probability, as the class
+    called with ClassTarget(index, activation="softmax") does (GradCAM++ unnormalised too,
+    where its exp(S) reads the probability)."""
+    from onnx_xai.targets import ClassTarget
+
+    _, model = resnet
+    x = np.random.default_rng(4).random((2, 3, 40, 48), np.float32)
+    normalize = method != "gradcampp"
+    proto = export_explainer(model, method, "layer4", activation="softmax", normalize=normalize)
+    idx = model.predict(x).argmax(1)  # each sample's top class: a map with something in it
+    got = session(proto).run(["saliency"], {model.input_name: x, "class_idx": idx.astype(np.int64)})[0]
+    info = ox.registry.get(method)
+    if info.kind == "gradient":
+        explainer = info.impl(model)
+    else:
+        explainer = info.impl(model, "layer4", **({} if normalize else {"postprocessing": lambda m: m}))
+    want = explainer(x, ClassTarget(index=idx, activation="softmax"))
+    assert np.abs(got - want).max() <= TOL * max(1.0, np.abs(want).max())
+    assert np.abs(want).max() > 0
+    plain = explainer(x, ClassTarget(index=idx))
+    assert np.abs(plain - want).max() > 10 * TOL * max(1.0, np.abs(want).max())  # a different score
+    assert ox.export.explainer_info(proto)["activation"] == "softmax"
+    with pytest.raises(ValueError, match="reads no gradients"):
+        export_explainer(model, "cam", "layer4", activation="softmax")
