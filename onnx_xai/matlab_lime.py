@@ -77,7 +77,6 @@ def image_lime(net: ModelSource, X: np.ndarray, channel_idx: int | Sequence[int]
     spatial = xcf.shape[1:]
     to_model = (lambda b: np.ascontiguousarray(np.moveaxis(b, 1, -1))) if channel_last else None
     labels = _segment(segmentation, xcf, num_features)
-    m = int(labels.max()) + 1
     x1 = xcf[None]
     raw = base_scores(net, x1, lambda out: activate_output(out, activation), output, batch, None, to_model)
     channels = channel_indices(channel_idx, raw)

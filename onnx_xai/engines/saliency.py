@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .. import targets
 from ..autodiff import gradient_model
 from ..errors import NonFiniteError
-from ..finite import check_finite_output, check_number, finite_rows, warn_nonfinite
+from ..finite import check_finite_output, finite_rows, warn_nonfinite
 from ..runtime import Model
 
 #: Captum's integration rules (``captum.attr._utils.approximation_methods``).

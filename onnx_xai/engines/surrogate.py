@@ -38,12 +38,6 @@ SEGMENTATIONS = ("grid", "superpixels")
 MAX_EXHAUSTIVE = 20  # KernelSHAP enumerates all 2^M coalitions only up to this M
 
 
-def class_score_fn(activate: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """``activate`` (True / False / callable, see ``targets.class_scorer``) → raw output batch ↦
-    ``(b, K)`` float64 class scores. The one place the surrogate methods read class scores."""
-    return targets.class_scorer(activate)
-
-
 @dataclass
 class Item:
     """One input of a batch, flattened: values ``x`` and ``base`` ``(E,)`` float32, the feature
@@ -378,7 +372,7 @@ class SurrogateExplainer:
                              f"got {feature_mask!r}")
         self.feature_mask = feature_mask
         self.baselines = check_finite_array("baselines", baselines)
-        self.score, self.activate = class_score_fn(activate), activate
+        self.score, self.activate = targets.class_scorer(activate), activate
         if seed is not None:
             positive_int("seed", seed, 0)
         self.seed, self.verbose = seed, verbose
