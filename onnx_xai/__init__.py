@@ -27,3 +27,6 @@ __version__ = "0.1.0"
 from .methods.lime import LIME, KernelSHAP
 from .matlab_lime import image_lime
 __all__ += ["LIME", "KernelSHAP", "image_lime"]
+from . import detection
+from .methods.drise import DRISE
+__all__ += ["detection", "DRISE"]

@@ -9,6 +9,8 @@ on these generators (``models/train_synthetic.py``).
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .finite import positive_int
@@ -87,3 +89,74 @@ def blobs_3d(n: int, *, size: int = 24, seed: int | None = 0, noise: float = 0.3
         masks[i] = d2 <= (1.5 * r) ** 2
         x[i, 0] = blob + rng.normal(0, 0.3) + rng.normal(0, noise, (size,) * 3)
     return x, labels.astype(np.int64), masks
+
+
+# ---------------------------------------------------------------------------- toy detector / segmenter
+#: (cx, cy, side, class) of the toy detector's slots on a 64 × 64 image
+SLOTS = ((16.0, 16.0, 16.0, 0), (48.0, 20.0, 16.0, 1), (28.0, 48.0, 16.0, 0))
+
+
+def slot_masks(size: int = 64, slots=SLOTS) -> np.ndarray:
+    """``(K, size, size)`` bool: the square of each slot."""
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    return np.stack([(np.abs(xx - cx) <= s / 2) & (np.abs(yy - cy) <= s / 2) for cx, cy, s, _ in slots])
+
+
+def detection_scene(n: int, *, size: int = 64, seed: int | None = 0, slots=SLOTS,
+                    noise: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` dark noisy images ``(n, 1, size, size)`` float32 with a bright square in every slot
+    (brightness 0.6–1), and ``(K, size, size)`` bool masks of the slots (the objects)."""
+    _check(n, size, 8)
+    rng = np.random.default_rng(seed)
+    masks = slot_masks(size, slots)
+    x = rng.uniform(0, noise, (n, 1, size, size))
+    for k in range(len(slots)):
+        x[:, 0] += masks[k] * rng.uniform(0.6, 1.0, (n, 1, 1))
+    return x.astype(np.float32), masks
+
+
+def toy_detector(size: int = 64, slots=SLOTS, n_classes: int = 2) -> Any:
+    """An ONNX detector ``images (B, 1, size, size)`` → ``output0 (B, 4 + C, K)`` (the YOLOv8
+    layout) whose candidate ``k`` depends only on the pixels of slot ``k``: with ``m_k`` the
+    slot's mean intensity, its box is centred on the slot with side ``side_k · m_k`` (xywh) and
+    its class scores are ``m_k`` for the slot's class, 0 for the others."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    masks = slot_masks(size, slots).reshape(len(slots), -1).T.astype(np.float32)
+    means = masks / masks.sum(0, keepdims=True)  # (P, K): x_flat @ means = slot means
+    k = len(slots)
+    centre = np.zeros((1, 4 + n_classes, k), np.float32)
+    scale = np.zeros((1, 4 + n_classes, k), np.float32)
+    for j, (cx, cy, side, cls) in enumerate(slots):
+        centre[0, :2, j] = cx, cy
+        scale[0, 2:4, j] = side
+        scale[0, 4 + cls, j] = 1.0
+    inits = [numpy_helper.from_array(a, name) for a, name in
+             ((means, "means"), (centre, "centre"), (scale, "scale"), (np.array([0, -1], np.int64), "flat"),
+              (np.array([1], np.int64), "axis1"))]
+    nodes = [helper.make_node("Reshape", ["images", "flat"], ["x_flat"]),
+             helper.make_node("MatMul", ["x_flat", "means"], ["m"]),
+             helper.make_node("Unsqueeze", ["m", "axis1"], ["m3"]),
+             helper.make_node("Mul", ["m3", "scale"], ["scaled"]),
+             helper.make_node("Add", ["scaled", "centre"], ["output0"])]
+    g = helper.make_graph(nodes, "toy_detector",
+                          [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", 1, size, size])],
+                          [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["B", 4 + n_classes, k])],
+                          inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def toy_segmenter(size: int = 64) -> Any:
+    """An ONNX segmenter ``images (B, 1, size, size)`` → ``logits (B, 2, size, size)``: class 1's
+    logit is the 3 × 3 mean of the image minus 0.3 (zero padding), class 0's its negative, so
+    a pixel's scores depend only on its 3 × 3 neighbourhood."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.stack([-np.ones((1, 3, 3)), np.ones((1, 3, 3))]).astype(np.float32) / 9.0
+    b = np.array([0.3, -0.3], np.float32)
+    g = helper.make_graph([helper.make_node("Conv", ["images", "w", "b"], ["logits"], pads=[1, 1, 1, 1])],
+                          "toy_segmenter",
+                          [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", 1, size, size])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", 2, size, size])],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
