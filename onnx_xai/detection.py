@@ -296,7 +296,7 @@ class DetectionTarget(Target):
 
     @property
     def needs_output(self) -> bool:
-        return self.anchor is None
+        return self.anchor is None and not self.spec.is_nms
 
     def best_anchor(self, out: np.ndarray) -> np.ndarray:
         """``(n,)`` the candidate of each run most similar to the detection."""
@@ -305,7 +305,7 @@ class DetectionTarget(Target):
         return sim.argmax(axis=1)
 
     def resolve(self, out: np.ndarray) -> "DetectionTarget":
-        if self.anchor is not None:
+        if self.anchor is not None or self.spec.is_nms:  # NMS outputs: no anchor to fix
             return self
         return replace(self, anchor=self.best_anchor(out))
 

@@ -11,7 +11,7 @@ class scores, for 8×8 + 4×4 + 2×2 anchors). The BatchNorm statistics are rand
 the class scores vary. Reference numbers, by torch on the same weights:
 ``x`` two inputs, ``raw`` the raw outputs, ``cls`` class i for input i and ``anchor`` its best anchor,
 ``grad`` d raw[0, 4 + cls, anchor] / d x (autograd), ``neck_act`` the activations of layer
-21 (the P5 neck output), ``eigen`` pytorch-grad-cam's ``get_2d_projection`` of them.
+21 (the P5 neck output) and ``neck_grad`` the score's autograd gradient there, ``eigen`` pytorch-grad-cam's ``get_2d_projection`` of them.
 """
 import os
 from pathlib import Path
@@ -71,20 +71,24 @@ def main() -> None:
     print("raw", raw.shape)
     torch.onnx.export(net, torch.from_numpy(x[0]), str(HERE / "tiny_yolov8.onnx"), input_names=["images"],
                       output_names=["output0"], opset_version=17, dynamo=False)
-    anchors, classes, grads, acts, eigens = [], [], [], [], []
+    anchors, classes, grads, acts, eigens, neck_grads = [], [], [], [], [], []
     for i, xi in enumerate(x):
         cls = i % NC  # input i: class i's best anchor
         anchor = int(np.argmax(raw[i, 0, 4 + cls]))
         xt = torch.from_numpy(xi).requires_grad_(True)
         feats = {}
-        h = model.model[21].register_forward_hook(lambda m, a, o: feats.__setitem__("a", o))
+        def keep(m, a, o):
+            o.retain_grad()
+            feats["a"] = o
+        h = model.model[21].register_forward_hook(keep)
         net(xt)[0, 4 + cls, anchor].backward()
         h.remove()
         act = feats["a"].detach().numpy()
+        neck_grads.append(feats["a"].grad.numpy())
         anchors.append(anchor), classes.append(cls), grads.append(xt.grad.numpy()), acts.append(act)
         eigens.append(get_2d_projection(act))
     np.savez_compressed(HERE / "tiny_yolov8_ref.npz", x=x, raw=raw, anchor=np.array(anchors),
-                        cls=np.array(classes), grad=np.stack(grads), neck_act=np.stack(acts),
+                        cls=np.array(classes), grad=np.stack(grads), neck_act=np.stack(acts), neck_grad=np.stack(neck_grads),
                         eigen=np.stack(eigens), torch_version=torch.__version__,
                         ultralytics_version=ultralytics.__version__)
     print("anchors", anchors, "classes", classes, "size", (HERE / "tiny_yolov8.onnx").stat().st_size)
