@@ -6,6 +6,7 @@ modified.
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import re
 from dataclasses import dataclass
@@ -177,29 +178,61 @@ def _scope_paths(node_name: str) -> set[str]:
     return paths - {""}
 
 
+_NAME_SCOPES = "pkg.torch.onnx.name_scopes"  # torch.onnx dynamo: the node's module path list
+
+
+def _dynamo_paths(node: onnx.NodeProto) -> list[str]:
+    """Module paths of a dynamo-exported node from its ``pkg.torch.onnx.name_scopes`` metadata
+    (``['', 'layer4', 'layer4.1', 'layer4.1.relu', 'relu_10']``: the root, every enclosing
+    module's dotted path, then the op's own name, which is left out)."""
+    text = next((m.value for m in node.metadata_props if m.key == _NAME_SCOPES), None)
+    if not text:
+        return []
+    try:
+        scopes = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return []
+    return [s for s in scopes[1:-1] if isinstance(s, str) and s] if isinstance(scopes, list) else []
+
+
+def module_paths(node: onnx.NodeProto) -> set[str]:
+    """Every dotted module path the node belongs to, from the TorchScript exporter's
+    ``/layer4/layer4.1/...`` node-name scopes or the dynamo exporter's name-scope metadata."""
+    return _scope_paths(node.name) | set(_dynamo_paths(node))
+
+
+def module_names(proto: onnx.ModelProto) -> list[str]:
+    """Dotted module paths found in the graph, in order of first appearance."""
+    seen: dict[str, None] = {}
+    for node in proto.graph.node:
+        seen.update(dict.fromkeys(sorted(module_paths(node))))
+    return list(seen)
+
+
 def resolve_layer(proto: onnx.ModelProto, name: str) -> str:
     """Tensor name of a target layer given as tensor name, node name or dotted module path.
 
-    A module path (``layer4``, ``class_layers.relu``, ``_conv_head``) means the output of the
-    last node inside that module's exporter scope, the tensor a PyTorch forward hook on the
-    module sees. Unknown names raise ``ValueError`` listing the closest real names; BatchNorm
-    folded into a Conv by the exporter has no tensor of its own (the error says so).
+    A module path (``layer4``, ``class_layers.relu``, ``vit.layers.1.layernorm_before``) means
+    the output of the last node inside that module's exporter scope, the tensor a PyTorch
+    forward hook on the module sees; scopes come from TorchScript node names
+    (``/layer4/...``) or the dynamo exporter's ``pkg.torch.onnx.name_scopes`` metadata.
+    Unknown names raise ``ValueError`` listing the closest real names; BatchNorm folded into
+    a Conv by the TorchScript exporter has no tensor of its own (the error says so).
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"a layer must be a non-empty string, got {name!r}")
     found = _tensor_or_node_output(proto, name)
     if found is not None:
         return found
-    names = tensor_names(proto)
     module = name.strip("/").replace("/", ".")
     last = None
     for node in proto.graph.node:
-        if node.output and any(p == module or p.startswith(module + ".")
-                               for p in _scope_paths(node.name)):
+        if node.output and any(p == module or p.startswith(module + ".") for p in module_paths(node)):
             last = node
     if last is not None:
         return last.output[0]
-    near = closest_names(name, names + [n.name for n in proto.graph.node if n.name])
+    modules = module_names(proto)
+    near = closest_names(name, modules + tensor_names(proto) + [n.name for n in proto.graph.node if n.name])
     hint = (" (the exporter folds BatchNorm into the preceding Conv, so a BatchNorm module has "
             "no tensor of its own: use the Conv or the activation after it)"
             if re.search(r"(bn|norm)", name, re.I) else "")
