@@ -11,6 +11,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import ctypes
+import dataclasses
+import datetime
 import errno
 import hashlib
 import json
@@ -385,8 +387,13 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
+def record_json(data: Any) -> str:
+    """JSON text of a record (NumPy scalars and arrays as numbers and lists)."""
+    return json.dumps(data, indent=2, default=_plain)
+
+
 def write_json(path: Path, data: Any) -> None:
-    write_file(path, json.dumps(data, indent=2, default=_plain).encode())
+    write_file(path, record_json(data).encode())
 
 
 # ---------------------------------------------------------------------- explaining
@@ -527,20 +534,25 @@ def fingerprint(path: Path) -> dict:
     return {"size": size, "sha256": digest.hexdigest()}
 
 
-def _audit_one(path: str, dest: str, signature: str) -> dict:
-    """Explain one input into ``dest``, then write its marker; errors become a record, but an
-    output that cannot be written (``OutputError``) stops the audit."""
+def audit_input(explainer: Explainer, path: str, dest: str, signature: str) -> dict:
+    """Explain one input into the folder ``dest``, then write its marker (last) → its record; the
+    step every engine runs. A marker that already matches (a task retried after its worker died)
+    is returned as it is, nothing recomputed. Errors become a record, but an output that cannot be
+    written (``OutputError``) is raised: it stops the audit."""
     dest_path = Path(dest)
     with writing(dest_path):
         dest_path.mkdir(parents=True, exist_ok=True)
+    done = cached_record(dest_path / MARKER, Path(path), signature)
+    if done is not None:
+        return done
     try:
         source = fingerprint(Path(path))
-        record = _WORKER.explain(Path(path), dest_path)
+        record = explainer.explain(Path(path), dest_path)
     except OutputError:
         raise
     except Exception as exc:  # one bad input must not stop the audit
         record = {"input": path, "status": "error", "error": one_line(exc)}
-        if _WORKER.config.debug:
+        if explainer.config.debug:
             record["traceback"] = traceback.format_exc()
         return record
     record["source"] = source
@@ -549,7 +561,12 @@ def _audit_one(path: str, dest: str, signature: str) -> dict:
     return record
 
 
-def _cached(marker: Path, path: Path, signature: str) -> dict | None:
+def _audit_one(path: str, dest: str, signature: str) -> dict:
+    """``audit_input`` with this worker process's ``Explainer``."""
+    return audit_input(_WORKER, path, dest, signature)
+
+
+def cached_record(marker: Path, path: Path, signature: str) -> dict | None:
     """The marker's record if it is for this input path, content (size + SHA-256) and settings."""
     try:
         old = json.loads(marker.read_text())
@@ -638,11 +655,13 @@ def worker_count(requested: int, n_todo: int, model_path: str | os.PathLike) -> 
 # ---------------------------------------------------------------------- audit
 @dataclass
 class RunOptions:
-    """How an audit runs (what it computes is the ``Config``): ``workers`` processes (capped, see
-    ``worker_count``), ``resume`` from the inputs already done, a ``progress`` bar, ``lock`` the
-    output folder for the run (False when the caller holds the lock, e.g. across the report
-    too), ``on_record`` called with each input's record as it is done, ``on_note`` with one-line
-    notes (``--workers`` capped)."""
+    """How an audit runs (what it computes is the ``Config``). ``engine``: ``"local"`` (``workers``
+    processes on this machine, capped, see ``worker_count``) or ``"ray"`` (actors on a Ray
+    cluster, set by ``ray``: an ``onnx_xai.engines.ray_audit.RayOptions``; needs
+    ``pip install "onnx-xai[ray]"``). ``resume`` from the inputs already done, a ``progress``
+    bar, ``lock`` the output folder for the run (False when the caller holds the lock, e.g.
+    across the report too), ``on_record`` called with each input's record as it is done,
+    ``on_note`` with one-line notes (``--workers`` capped, actors chosen)."""
 
     workers: int = 1
     resume: bool = True
@@ -650,6 +669,22 @@ class RunOptions:
     lock: bool = True
     on_record: Callable[[dict], None] | None = None
     on_note: Callable[[str], None] | None = None
+    engine: str = "local"
+    ray: Any = None
+
+
+@dataclass
+class AuditJob:
+    """What an engine is handed: ``tasks`` ``(index, input path, destination folder)`` to explain
+    by ``config`` (each with ``audit_input``, its marker keyed by ``signature``), and ``run``."""
+
+    config: Config
+    signature: str
+    tasks: list[tuple[int, str, str]]
+    run: RunOptions
+
+
+ENGINES = ("local", "ray")
 
 
 def run_audit(config: Config, files: list[Path], out: Path, run: RunOptions | None = None) -> list[dict]:
@@ -659,29 +694,31 @@ def run_audit(config: Config, files: list[Path], out: Path, run: RunOptions | No
     raises ``OutputError`` after the inputs in flight; what was done stays done for the next run.
     """
     run = run or RunOptions()
+    if run.engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {run.engine!r}")
     out = prepare_output_folder(out)
     with OutputLock(out) if run.lock else contextlib.nullcontext():
         return _run_audit(config, files, out, run)
 
 
 def _run_audit(config: Config, files: list[Path], out: Path, run: RunOptions) -> list[dict]:
+    """The engine-independent audit: list what is done, hand the rest to the engine, collect."""
     with writing(out):
         clean_temp_files(out)
     signature = config.signature()
     keys = input_keys(files)
     records: dict[int, dict] = {}
-    todo = []
+    tasks = []
     for i, (f, key) in enumerate(zip(files, keys)):
-        old = _cached(out / "inputs" / key / MARKER, f, signature) if run.resume else None
+        marker = out / "inputs" / key / MARKER
+        old = cached_record(marker, f, signature) if run.resume else None
         if old is not None:
             records[i] = dict(old, cached=True)
-        else:
-            todo.append(i)
-    workers = run.workers
-    if todo and workers > 1:
-        workers, note = worker_count(workers, len(todo), config.model)
-        if note and run.on_note:
-            run.on_note(note)
+            continue
+        if not run.resume:  # recomputed: a marker left from before would let a retried task skip it
+            with writing(marker.parent):
+                marker.unlink(missing_ok=True)
+        tasks.append((i, str(f), str(out / "inputs" / key)))
     bar = tqdm(total=len(files), initial=len(records), unit="input", desc="audit", disable=not run.progress)
 
     def done(i: int, record: dict) -> None:
@@ -691,26 +728,104 @@ def _run_audit(config: Config, files: list[Path], out: Path, run: RunOptions) ->
         if run.on_record:
             run.on_record(record)
 
+    def note(text: str) -> None:  # a whole line, the bar redrawn below it
+        with tqdm.external_write_mode():
+            run.on_note(text)
+
     try:
-        if workers <= 1 or len(todo) <= 1:
-            _init_worker(config)
-            for i in todo:
-                done(i, _audit_one(str(files[i]), str(out / "inputs" / keys[i]), signature))
-        else:
-            pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                          initializer=_init_worker, initargs=(config, os.getpid()))
-            try:
-                futures = {pool.submit(_audit_one, str(files[i]), str(out / "inputs" / keys[i]), signature): i
-                           for i in todo}
-                for fut in cf.as_completed(futures):
-                    done(futures[fut], fut.result())
-            except cf.process.BrokenProcessPool:
-                raise OnnxXaiError("a worker process died (killed, or out of memory?); what was done is kept: "
-                                   "run the same command again, with fewer --workers, to resume") from None
-            finally:  # on Ctrl-C or an unwritable output, do not wait for the queued inputs
-                pool.shutdown(wait=True, cancel_futures=True)
+        if tasks:
+            job_run = dataclasses.replace(run, on_note=note if run.on_note else None)
+            _engine(run.engine)(AuditJob(config, signature, tasks, job_run), done)
     finally:
         bar.close()
+    with writing(out):  # what workers killed mid-write left (no writer is left now)
+        clean_temp_files(out)
     for i, rec in records.items():
         rec["key"], rec["dir"] = keys[i], f"inputs/{keys[i]}"
     return [records[i] for i in sorted(records)]
+
+
+def _engine(name: str) -> Callable[[AuditJob, Callable[[int, dict], None]], None]:
+    if name == "ray":
+        from .engines import ray_audit  # imports ray only when used
+        return ray_audit.run_job
+    return run_local
+
+
+def run_local(job: AuditJob, done: Callable[[int, dict], None]) -> None:
+    """The local engine: ``job.run.workers`` processes (capped by ``worker_count``), or this one."""
+    workers, config = job.run.workers, job.config
+    if workers > 1:
+        workers, note = worker_count(workers, len(job.tasks), config.model)
+        if note and job.run.on_note:
+            job.run.on_note(note)
+    if workers <= 1 or len(job.tasks) <= 1:
+        _init_worker(config)
+        for i, path, dest in job.tasks:
+            done(i, _audit_one(path, dest, job.signature))
+        return
+    pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=_init_worker, initargs=(config, os.getpid()))
+    try:
+        futures = {pool.submit(_audit_one, path, dest, job.signature): i for i, path, dest in job.tasks}
+        for fut in cf.as_completed(futures):
+            done(futures[fut], fut.result())
+    except cf.process.BrokenProcessPool:
+        raise OnnxXaiError("a worker process died (killed, or out of memory?); what was done is kept: "
+                           "run the same command again, with fewer --workers, to resume") from None
+    finally:  # on Ctrl-C or an unwritable output, do not wait for the queued inputs
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class AuditResult:
+    """What ``audit_folder`` did: a record per input (in input order), the report's files
+    (``html``, ``json``, ``csv``) and the files of the input folders skipped as onnx-xai's own."""
+
+    records: list[dict]
+    report: dict[str, Path]
+    skipped: list[Path]
+
+
+def audit_folder(config: Config | str | os.PathLike, inputs: list[str | os.PathLike] | str | os.PathLike,
+                 out: str | os.PathLike, run: RunOptions | None = None, info: dict | None = None) -> AuditResult:
+    """Explain every image / ``.npy`` of the folders (or files) ``inputs`` into the folder ``out``
+    and write its report: ``out/inputs/<key>/`` (the input's picture, each method's map as
+    ``.npy`` and overlay ``.png``, ``done.json``), ``report.html``, ``summary.json``,
+    ``summary.csv``. What ``onnx-xai audit`` runs.
+
+    ``config``: a ``Config`` (model, methods, options, target, preprocessing, metric steps) or a
+    model path (occlusion, default settings). ``run``: a ``RunOptions`` — the engine
+    (``"local"`` processes, or ``"ray"`` actors with ``RayOptions``), resume, progress.
+    ``info``: extra lines for the report's header. Resumable: a re-run skips the inputs whose
+    ``done.json`` matches their content and the settings. One run at a time per ``out``
+    (``OutputBusyError`` otherwise); per-input errors are records with ``status: "error"``.
+
+    Example::
+
+        from onnx_xai.audit import Config, RunOptions, audit_folder
+        from onnx_xai.engines.ray_audit import RayOptions
+        cfg = Config(model="model.onnx", methods=["gradcam", "occlusion"], metric_steps=0)
+        result = audit_folder(cfg, ["frames/"], "audit_out", RunOptions(engine="ray", ray=RayOptions(address="auto")))
+        print(result.report["html"], sum(r["status"] != "ok" for r in result.records), "failed")
+    """
+    from .report import write_report  # report imports this module
+
+    if not isinstance(config, Config):
+        config = Config(model=str(config), methods=["occlusion"])
+    run = run or RunOptions()
+    skipped: list[Path] = []
+    paths = [str(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
+    files = collect_inputs(paths, exclude=out, skipped=skipped)  # first: no output folder for no inputs
+    out = prepare_output_folder(out)
+    if skipped and run.on_note:
+        run.on_note(f"skipped {len(skipped)} file{'s' if len(skipped) != 1 else ''} in the input folders that "
+                    f"onnx-xai wrote (output folder {str(out)!r} or an earlier one)")
+    t0 = time.perf_counter()
+    with OutputLock(out):  # one run per output folder, held until the report is written
+        records = run_audit(config, files, out, dataclasses.replace(run, lock=False))
+        info = {"model": config.model, "inputs": ", ".join(paths), "engine": run.engine,
+                "created": datetime.datetime.now().isoformat(timespec="seconds"),
+                "wall_s": round(time.perf_counter() - t0, 2), **(info or {})}
+        report = write_report(out, records, config.methods, info)
+    return AuditResult(records, report, skipped)

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import assets, cli_methods, graph
-from .audit import (Config, Explainer, OutputError, OutputLock, RunOptions, check_output_file, collect_inputs,
+from .audit import (Config, Explainer, OutputError, RunOptions, audit_folder, check_output_file, collect_inputs,
                     input_keys, prepare_output_folder, run_audit, write_file)
 from .errors import OnnxXaiError, one_line
 from .preprocess import read_sidecar
@@ -197,24 +197,25 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """Explain every input of the folders, resumably, and write the report."""
     methods = _methods(args, args.methods)
     _check_model(args, methods)
-    out = Path(args.out)
-    files = _inputs(args.folders, out, args.quiet)
     config = _config(args, methods, 0 if args.no_metrics else args.metric_steps)
+    run = RunOptions(workers=args.workers, resume=not args.fresh, progress=not args.quiet,
+                     on_note=None if args.quiet else _note, engine=args.engine, ray=_ray_options(args))
     Explainer(config)  # fail early on a model or preprocessing problem
-    prepare_output_folder(out)
-    t0 = time.perf_counter()
-    with OutputLock(out):  # one run per output folder, held until the report is written
-        records = run_audit(config, files, out, RunOptions(workers=args.workers, resume=not args.fresh,
-                                                           progress=not args.quiet, lock=False,
-                                                           on_note=None if args.quiet else _note))
-        info = {"model": str(args.model), "inputs": ", ".join(args.folders),
-                "created": datetime.datetime.now().isoformat(timespec="seconds"),
-                "wall_s": round(time.perf_counter() - t0, 2)}
-        paths = write_report(out, records, methods, info)
+    result = audit_folder(config, args.folders, args.out, run, info={"model": str(args.model)})
+    records = result.records
     cached = sum(bool(r.get("cached")) for r in records)
     failed = sum(r.get("status") != "ok" for r in records)
-    print(f"{len(records)} inputs ({cached} already done, {failed} failed); report: {paths['html']}")
+    print(f"{len(records)} inputs ({cached} already done, {failed} failed); report: {result.report['html']}")
     return _report_failures(records)
+
+
+def _ray_options(args: argparse.Namespace):
+    """``RayOptions`` from ``--ray-*`` (None for the local engine; ray itself is imported later)."""
+    if args.engine != "ray":
+        return None
+    from .engines.ray_audit import RayOptions
+    return RayOptions(address=args.ray_address, actors=args.ray_actors, cpus_per_actor=args.ray_cpus,
+                      gpus_per_actor=args.ray_gpus, batch_size=args.ray_batch)
 
 
 def _demo_picture(records: list[dict], methods: list[str], out: Path) -> np.ndarray:
@@ -343,6 +344,17 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--metric-steps", type=_positive, default=20, help="deletion/insertion steps (default 20)")
     audit.add_argument("--no-metrics", action="store_true", help="skip deletion/insertion AUC")
     audit.add_argument("--fresh", action="store_true", help="recompute inputs that are already done")
+    ray = audit.add_argument_group("engine", "where the inputs are explained (see README: audits on Ray)")
+    ray.add_argument("--engine", choices=["local", "ray"], default="local",
+                     help="local: --workers processes here; ray: actors on a Ray cluster (pip install 'onnx-xai[ray]')")
+    ray.add_argument("--ray-address", default=None, metavar="ADDR",
+                     help="join this Ray cluster ('auto', HOST:6379, ray://HOST:10001); default: a local Ray instance")
+    ray.add_argument("--ray-actors", type=_positive, default=None, metavar="N",
+                     help="actors, each with one model session (default: as many as the cluster's CPUs/GPUs hold)")
+    ray.add_argument("--ray-cpus", type=float, default=1.0, metavar="C",
+                     help="CPUs per actor, also its ONNX Runtime threads unless --threads (default 1)")
+    ray.add_argument("--ray-gpus", type=float, default=0.0, metavar="G", help="GPUs per actor (default 0)")
+    ray.add_argument("--ray-batch", type=_positive, default=1, metavar="B", help="inputs per actor call (default 1)")
     _explaining(audit)
     _common(audit)
     audit.set_defaults(func=cmd_audit)
