@@ -26,7 +26,7 @@ from .runtime import Model, ModelSource, sigmoid, softmax
 __all__ = ["Target", "ClassTarget", "RegionTarget", "OutputTarget", "target", "ACTIVATIONS",
            "positive_int", "check_number", "as_model", "per_sample_classes", "class_list",
            "top_class", "activation", "model_argument", "class_scorer", "item_scorers",
-           "broadcast_to_input"]
+           "broadcast_to_input", "box_mask"]
 
 ACTIVATIONS = ("none", "softmax", "sigmoid")
 
@@ -209,8 +209,9 @@ class ClassTarget(Target):
 @dataclass(frozen=True)
 class RegionTarget(ClassTarget):
     """Class ``index`` of a dense output ``(N, K, *s)`` summed (``reduce="sum"``) or averaged
-    over a region: a mask ``(*s)`` / ``(N, *s)`` (any weights), a box ``(x0, y0, x1, y1)``
-    (2D, end exclusive), or ``"predicted"``: where the class is the argmax (Seg-Grad-CAM)."""
+    over a region: a mask ``(*s)`` / ``(N, *s)`` (any weights), an integer box ``(x0, y0, x1,
+    y1)`` (2D) or ``(x0, y0, z0, x1, y1, z1)`` (3D; ``box_mask``), or ``"predicted"``: where the
+    class is the argmax (Seg-Grad-CAM)."""
 
     region: Any = "predicted"
     reduce: str = "sum"
@@ -242,13 +243,8 @@ class RegionTarget(ClassTarget):
             cls = self.classes(out).reshape((n,) + (1,) * len(spatial))
             return (np.asarray(out).argmax(1) == cls).astype(np.float32)
         region = np.asarray(self.region)
-        if region.shape == (4,) and len(spatial) == 2 and region.dtype.kind in "iu":
-            x0, y0, x1, y1 = (int(v) for v in region)
-            if not (0 <= x0 < x1 <= spatial[1] and 0 <= y0 < y1 <= spatial[0]):
-                raise ValueError(f"box {region.tolist()} is empty or outside the output's {spatial} (H, W)")
-            m = np.zeros(spatial, np.float32)
-            m[y0:y1, x0:x1] = 1.0
-            return np.broadcast_to(m, (n,) + spatial)
+        if region.shape == (2 * len(spatial),) and len(spatial) in (2, 3) and region.dtype.kind in "iu":
+            return np.broadcast_to(box_mask(region, spatial), (n,) + spatial)
         if region.shape not in (spatial, (1,) + spatial, (n,) + spatial):
             raise ValueError(f"region mask must have shape {spatial} or {(n,) + spatial} (the output's "
                              f"spatial dims), got {region.shape}")
@@ -264,6 +260,25 @@ class RegionTarget(ClassTarget):
             total = m.reshape(len(m), -1).sum(1).reshape((-1,) + (1,) * (m.ndim - 1))
             m = m / np.where(total > 0, total, 1.0)
         return w * m[:, None]
+
+
+def box_mask(box: Any, spatial: tuple[int, ...]) -> np.ndarray:
+    """``spatial``-shaped float32 mask of an integer box, end exclusive: ``(x0, y0, x1, y1)``
+    over ``(H, W)`` (x along W), or ``(x0, y0, z0, x1, y1, z1)`` over ``(H, W, D)`` (z along D)."""
+    b = [int(v) for v in np.asarray(box).reshape(-1)]
+    d = len(spatial)
+    lo, hi = b[:d], b[d:]
+    axes = (1, 0, 2)[:d]  # x → W (axis 1), y → H (axis 0), z → D (axis 2)
+    if len(b) != 2 * d or any(not 0 <= lo[i] < hi[i] <= spatial[a] for i, a in enumerate(axes)):
+        raise ValueError(f"box {b} is empty or outside the output's spatial shape {spatial}: give "
+                         f"{'(x0, y0, x1, y1) over (H, W)' if d == 2 else '(x0, y0, z0, x1, y1, z1) over (H, W, D)'}"
+                         ", end exclusive")
+    m = np.zeros(spatial, np.float32)
+    sl = [slice(None)] * d
+    for i, a in enumerate(axes):
+        sl[a] = slice(lo[i], hi[i])
+    m[tuple(sl)] = 1.0
+    return m
 
 
 @dataclass(frozen=True)

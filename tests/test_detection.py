@@ -227,6 +227,6 @@ def test_bad_arguments():
         det.candidates(det.DetectionSpec.yolov8(), np.zeros((1, 4, 9)))
     model = ox.Model(synthetic.toy_segmenter().SerializeToString(), verbose=False)
     with pytest.raises(ValueError, match="DetectionTarget"):
-        ox.DRISE(model, n_masks=4).explain(np.zeros((1, 1, 64, 64), np.float32), ox.targets.ClassTarget(index=0))
+        ox.DRISE(model, n_masks=4).explain(np.zeros((1, 1, 64, 64), np.float32), (0, 0, 8, 8))
     with pytest.raises(UnsupportedModelError, match="neck"):
         det.neck_layer(model)

@@ -1,10 +1,10 @@
 """D-RISE (Petsiuk et al., CVPR 2021): saliency of one detection = E[s(x ⊙ M) · M] / E[M] over
 RISE's random masks M, with s the D-RISE similarity of the masked run's candidates to the
 detection (``onnx_xai.detection.DetectionTarget``: max over candidates of IoU · cosine of class
-vectors · objectness)."""
+vectors · objectness). Any other target weighs the masks by its score (RISE with that target)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -51,10 +51,11 @@ class DRISE:
         x = self.model.check_input(x)
         if x.dtype.kind != "f" or x.ndim not in (4, 5):
             raise ValueError(f"D-RISE masks floating-point (B, C, H, W[, D]) inputs, got {x.dtype.name} {x.shape}")
-        items = list(target) if isinstance(target, (list, tuple)) else [target] * len(x)
-        if len(items) != len(x) or not all(isinstance(t, DetectionTarget) for t in items):
+        items = self._items(x, target, extra_inputs)
+        if len(items) != len(x) or not all(isinstance(t, targets.Target) for t in items):
             raise ValueError("D-RISE explains a detection: give an onnx_xai.detection.DetectionTarget (a box "
-                             "and its class) or one per item (CLI: --box x0,y0,x1,y1 or --detection INDEX)")
+                             "and its class), one per item, or any other onnx_xai.targets target (CLI: --box "
+                             "x0,y0,x1,y1 or --detection INDEX)")
         spatial = x.shape[2:]
         if len(self.cell_size) not in (1, len(spatial)):
             raise ValueError(f"cell_size needs 1 or {len(spatial)} values, got {self.cell_size}")
@@ -66,10 +67,7 @@ class DRISE:
         with tqdm(total=self.n_masks * len(x), unit="mask", desc="D-RISE", disable=not show,
                   delay=1.0, leave=False) as bar:
             for item, (xi, tgt) in enumerate(zip(x, items)):
-                names = tgt.spec.outputs(self.model)
-                extra = item_extra(extra_inputs or {}, item, len(x)) or None
-                score = lambda batch: tgt.score(tgt.spec.read(self.model.predict(
-                    batch, outputs=names, extra_inputs=extra, verbose=False)))
+                score = self._scorer(tgt, xi, item_extra(extra_inputs or {}, item, len(x)) or None)
                 check_finite_output(score(xi[None]), "the D-RISE similarity", f"item {item}")
                 masks.reset(self.seed)
                 sal, finite = np.zeros((1, xi[0].size), np.float64), 0
@@ -86,6 +84,28 @@ class DRISE:
                 result.append(sal / (finite * self.p1))
         warn_nonfinite("D-RISE", dropped, self.n_masks * len(x), "masked copies", "the map averages the finite ones")
         return np.stack(result).reshape(len(x), 1, *spatial).astype(np.float32)
+
+    def _items(self, x: np.ndarray, target: Any, extra: dict | None) -> list:
+        """One target per item: a list as given, a detection repeated, any other target
+        resolved on ``x`` (its class per item) and split."""
+        if isinstance(target, (list, tuple)):
+            return list(target)
+        if isinstance(target, DetectionTarget) or not isinstance(target, targets.Target):
+            return [target] * len(x)
+        out = self.model.check_outputs(target.output)[0]
+        fixed = target.resolve(self.model.predict(x, outputs=out, extra_inputs=extra, verbose=False))
+        return [fixed.select(np.array([i])) for i in range(len(x))]
+
+    def _scorer(self, tgt: targets.Target, xi: np.ndarray, extra: dict | None) -> Callable:
+        """Runs ``(n, C, *spatial)`` → ``(n,)`` weights: a detection's similarity, or any other
+        target's score (resolved on the unmasked ``xi``: RISE with that target)."""
+        predict = lambda batch, names: self.model.predict(batch, outputs=names, extra_inputs=extra, verbose=False)
+        if isinstance(tgt, DetectionTarget):
+            names = tgt.spec.outputs(self.model)
+            return lambda batch: tgt.score(tgt.spec.read(predict(batch, names)))
+        out = self.model.check_outputs(tgt.output)[0]
+        fixed = tgt.resolve(predict(xi[None], out))
+        return lambda batch: fixed(predict(batch, out))
 
     def explain(self, x: np.ndarray, target: targets.Target) -> np.ndarray:
         """The registry's protocol: ``(B, 1, *spatial)`` D-RISE map of a ``DetectionTarget``."""
