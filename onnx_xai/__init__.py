@@ -30,3 +30,7 @@ __all__ += ["LIME", "KernelSHAP", "image_lime"]
 from . import detection
 from .methods.drise import DRISE
 __all__ += ["detection", "DRISE"]
+from .methods.tokens import EmbeddingGrad, EmbeddingIG, TokenOcclusion, TokenRISE
+__all__ += ["EmbeddingGrad", "EmbeddingIG", "TokenOcclusion", "TokenRISE"]
+from .methods.rollout import AttentionRollout, GradientRollout
+__all__ += ["AttentionRollout", "GradientRollout"]

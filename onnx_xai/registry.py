@@ -19,8 +19,10 @@ __all__ = ["MethodInfo", "method", "get", "names", "infos", "KINDS", "FLAGS"]
 
 #: kind → what the method needs: "cam" (a target layer), "gradient" (input gradients),
 #: "occlusion" / "perturbation" (forward passes of perturbed copies), "matlab" (a
-#: MATLAB-style function of one observation)
-KINDS = ("cam", "gradient", "occlusion", "perturbation", "matlab")
+#: MATLAB-style function of one observation), "token" (token models: integer ids in,
+#: ``(B, T)`` per-token scores out; ``onnx_xai.text``), "attention" (a transformer's
+#: attention probabilities; ``engines.attention``)
+KINDS = ("cam", "gradient", "occlusion", "perturbation", "matlab", "token", "attention")
 
 #: the command line's method flags (``--mask-size`` → ``mask_size``, ...)
 FLAGS = ("layer", "batch", "mask_size", "overlap", "stride", "n_masks", "samples", "steps",

@@ -58,8 +58,11 @@ def _all_names(proto: onnx.ModelProto) -> set[str]:
 
 def where_to_mul(proto: onnx.ModelProto) -> onnx.ModelProto:
     """``Where(c, g, 0)`` → ``Mul(g, Cast(c))`` and ``Where(c, 0, g)`` → ``Mul(g, Cast(Not(c)))``
-    for a scalar zero constant (the ReLU/Clip adjoints). Same values for finite ``g``."""
+    for a scalar zero constant (the ReLU/Clip adjoints). Same values for finite ``g``; left
+    alone where ``g`` may not be (a constant holding inf, as an attention mask's
+    ``Where(m, 0, -inf)``, or a NaN guard ``Where(IsNaN(g), 0, g)``)."""
     consts = constant_values(proto)
+    producers = {o: n for n in proto.graph.node for o in n.output}
     shapes = graph.tensor_shapes(proto)
     out = _copy(proto)
     taken = _all_names(out)
@@ -70,7 +73,8 @@ def where_to_mul(proto: onnx.ModelProto) -> onnx.ModelProto:
                    and float(consts[node.input[i]].reshape(())) == 0.0
                    and consts[node.input[i]].dtype.kind == "f"]
         cond, ranks = node.input[0] if node.op_type == "Where" else "", []
-        if zero_at and len(zero_at) == 1:
+        if zero_at and len(zero_at) == 1 and not _maybe_nonfinite(node.input[3 - zero_at[0]], cond,
+                                                                   consts, producers):
             g = node.input[3 - zero_at[0]]
             ranks = [len(shapes[t]) for t in (cond, g, node.output[0]) if t in shapes]
         if len(ranks) != 3 or max(ranks[:2]) != ranks[2]:
@@ -88,6 +92,13 @@ def where_to_mul(proto: onnx.ModelProto) -> onnx.ModelProto:
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     return out
+
+
+def _maybe_nonfinite(g: str, cond: str, consts: dict, producers: dict) -> bool:
+    """Whether ``Where``'s kept value ``g`` may hold NaN / inf (0 · inf is NaN, so no Mul)."""
+    if g in consts:
+        return not np.isfinite(consts[g]).all()
+    return cond in producers and producers[cond].op_type in ("IsNaN", "IsInf")
 
 
 def dead_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
