@@ -135,6 +135,11 @@ def _report_failures(records: list[dict]) -> int:
 # ---------------------------------------------------------------------- commands
 def cmd_explain(args: argparse.Namespace) -> int:
     """Explain each input with each method; files go to --out."""
+    if args.text is not None:
+        from .text import run_cli
+        return run_cli(args, _config(args, [], 0).options)
+    if not args.inputs:
+        raise ValueError("give INPUT images / arrays / folders, or --text \"...\" for a text model")
     methods = _methods(args, args.method)
     _check_model(args, methods)
     out = Path(args.out)
@@ -319,7 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = sub.add_parser("explain", help="explain images, .npy arrays or folders of them")
     explain.add_argument("model", help="the .onnx model")
-    explain.add_argument("inputs", nargs="+", metavar="INPUT", help="image, .npy array or folder")
+    explain.add_argument("inputs", nargs="*", metavar="INPUT", help="image, .npy array or folder")
+    explain.add_argument("--text", default=None, help="explain this text with a token model (tokenizer.json "
+                         "beside the model; token methods, default embedding-ig)")
+    explain.add_argument("--tokenizer", default=None, help="tokenizer.json for --text (default: beside the model)")
     explain.add_argument("--method", default=None, help=f"comma-separated: {available}")
     explain.add_argument("--out", default="onnx-xai-out", help="output folder (default: ./onnx-xai-out)")
     explain.add_argument("--metric-steps", type=int, default=0,

@@ -88,3 +88,25 @@ def randomize_bn(net: nn.Module) -> nn.Module:
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.2, 0.3)
     return net.eval()
+
+
+def tiny_bert(num_labels: int = 3, seed: int = 0) -> tuple[nn.Module, bytes]:
+    """(HF ``BertForSequenceClassification`` with seeded random weights, onnx bytes): vocab 100,
+    hidden 32, 2 layers, 2 heads; inputs ``input_ids``, ``attention_mask`` ``(B, T)`` int64
+    (batch and length dynamic) → ``logits`` ``(B, num_labels)``. Needs ``transformers``."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=37, max_position_embeddings=64, num_labels=num_labels)
+    net = BertForSequenceClassification(cfg).eval()
+    ids = torch.randint(5, 100, (2, 12))
+    buf = io.BytesIO()
+    axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+            "logits": {0: "batch"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (ids, torch.ones_like(ids)), buf, dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                          dynamic_axes=axes)
+    return net, buf.getvalue()

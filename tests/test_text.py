@@ -1,0 +1,211 @@
+"""Token models: a HF BERT-style classifier (seeded random weights, exported in the test) explained
+per token, checked against torch autograd, Captum's LayerIntegratedGradients / IntegratedGradients
+and direct torch computations of token occlusion and token RISE on the same weights."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from onnx_xai import EmbeddingGrad, EmbeddingIG, Model, TokenOcclusion, TokenRISE  # noqa: E402
+from onnx_xai.cli import main  # noqa: E402
+from onnx_xai.errors import UnsupportedModelError  # noqa: E402
+from onnx_xai.text import explain_tokens, render_html  # noqa: E402
+
+from torch_models import tiny_bert, tiny_cnn  # noqa: E402
+
+MASK_ID = 4  # "[MASK]" in the test tokenizer
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    """(torch model, path of its ONNX export, ids (2, 9), attention mask with padding)."""
+    net, data = tiny_bert()
+    folder = tmp_path_factory.mktemp("bert")
+    (folder / "bert.onnx").write_bytes(data)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 100, (2, 9))
+    mask = np.ones_like(ids)
+    mask[1, 7:] = 0
+    ids[1, 7:] = 0
+    return net, folder / "bert.onnx", ids, mask
+
+
+def _logits(net, ids, mask):
+    with torch.no_grad():
+        return net(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask)).logits.numpy()
+
+
+def test_embedding_gradients_equal_autograd(bert):
+    net, path, ids, mask = bert
+    emb = net.bert.embeddings.word_embeddings(torch.as_tensor(ids)).detach().requires_grad_(True)
+    logits = net(inputs_embeds=emb, attention_mask=torch.as_tensor(mask)).logits
+    logits[:, 2].sum().backward()
+    g, e = emb.grad.numpy(), emb.detach().numpy()
+    method = EmbeddingGrad(str(path))
+    got = method.gradients(ids, 2, extra_inputs={"attention_mask": mask})
+    assert got.shape == (2, 9, 32)
+    np.testing.assert_allclose(got, g, rtol=1e-4, atol=1e-6 * np.abs(g).max())
+    np.testing.assert_allclose(method(ids, 2, extra_inputs={"attention_mask": mask}), (g * e).sum(-1),
+                               rtol=1e-4, atol=1e-6 * np.abs(g * e).sum(-1).max())
+    norm = EmbeddingGrad(str(path), reduce="norm")(ids, 2, extra_inputs={"attention_mask": mask})
+    np.testing.assert_allclose(norm, np.linalg.norm(g, axis=-1), rtol=1e-4)
+
+
+@pytest.mark.parametrize("rule,baseline", [("gausslegendre", 0), ("riemann_trapezoid", MASK_ID)])
+def test_embedding_ig_equals_captum_layer_integrated_gradients(bert, rule, baseline):
+    from captum.attr import LayerIntegratedGradients
+
+    net, path, ids, mask = bert
+    forward = lambda i, m: net(input_ids=i, attention_mask=m).logits  # noqa: E731
+    lig = LayerIntegratedGradients(forward, net.bert.embeddings.word_embeddings)
+    t_ids = torch.as_tensor(ids)
+    want, delta = lig.attribute(t_ids, baselines=torch.full_like(t_ids, baseline), target=1,
+                                additional_forward_args=(torch.as_tensor(mask),), n_steps=16,
+                                method=rule, return_convergence_delta=True)
+    method = EmbeddingIG(str(path), baseline=baseline, n_steps=16, method=rule)
+    attr, our_delta = method.attributions(ids, 1, extra_inputs={"attention_mask": mask},
+                                          return_convergence_delta=True)
+    want = want.detach().numpy()
+    np.testing.assert_allclose(attr, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    per_token = method(ids, 1, extra_inputs={"attention_mask": mask})
+    np.testing.assert_allclose(per_token, want.sum(-1), rtol=1e-4, atol=1e-4 * np.abs(want.sum(-1)).max())
+    np.testing.assert_allclose(our_delta, delta.detach().numpy(), atol=1e-5)
+
+
+def test_embedding_ig_zero_embedding_baseline_equals_captum_ig(bert):
+    from captum.attr import IntegratedGradients
+
+    net, path, ids, mask = bert
+    emb = net.bert.embeddings.word_embeddings(torch.as_tensor(ids)).detach()
+    ig = IntegratedGradients(lambda e, m: net(inputs_embeds=e, attention_mask=m).logits)
+    want = ig.attribute(emb, target=0, additional_forward_args=(torch.as_tensor(mask),),
+                        n_steps=12).detach().numpy().sum(-1)
+    got = EmbeddingIG(str(path), baseline="zeros", n_steps=12)(ids, 0, extra_inputs={"attention_mask": mask})
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def _occlusion_reference(net, ids, mask, cls, window, by_mask):
+    """Captum-style token occlusion computed directly in torch: windows from 0 by 1, the last
+    one truncated; mean score drop over the windows covering each token."""
+    base = _logits(net, ids, mask)[:, cls]
+    t = ids.shape[1]
+    total, count = np.zeros(ids.shape), np.zeros(t)
+    for s in range(t - window + 1):
+        i2, m2 = ids.copy(), mask.copy()
+        (m2 if by_mask else i2)[:, s:s + window] = 0 if by_mask else MASK_ID
+        total[:, s:s + window] += (base - _logits(net, i2, m2)[:, cls])[:, None]
+        count[s:s + window] += 1
+    return total / count
+
+
+@pytest.mark.parametrize("by_mask", [False, True], ids=["mask-id", "attention-mask"])
+def test_token_occlusion_equals_direct_torch(bert, by_mask):
+    net, path, ids, mask = bert
+    want = _occlusion_reference(net, ids, mask, 1, 2, by_mask)
+    kw = {"mask_input": "attention_mask"} if by_mask else {"mask_id": MASK_ID}
+    got = TokenOcclusion(str(path), window=2, **kw)(ids, 1, extra_inputs={"attention_mask": mask})
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-6)
+    # the functional API, each sequence's top class (argmax of the unperturbed logits)
+    top = _logits(net, ids, mask).argmax(1)
+    want = np.stack([_occlusion_reference(net, ids, mask, c, 1, False)[i] for i, c in enumerate(top)])
+    got = explain_tokens(str(path), ids, method="token-occlusion", options={"mask_id": MASK_ID},
+                         attention_mask=mask)
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-6)
+
+
+def test_token_rise_equals_direct_torch(bert):
+    net, path, ids, mask = bert
+    n, p1 = 24, 0.6
+    keep = np.random.default_rng(3).random((n, ids.shape[1])) < p1  # the documented masks
+    want = np.zeros(ids.shape)
+    for k in range(n):
+        i2 = np.where(keep[k], ids, MASK_ID)
+        want += _logits(net, i2, mask)[:, 2][:, None] * keep[k]
+    want /= n * p1
+    got = TokenRISE(str(path), n_masks=n, p1=p1, seed=3, mask_id=MASK_ID, batch_size=7)(
+        ids, 2, extra_inputs={"attention_mask": mask})
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_named_embedding_layer_and_errors(bert, tmp_path):
+    net, path, ids, mask = bert
+    named = EmbeddingGrad(str(path), embedding_layer="bert.embeddings.word_embeddings")
+    assert named.cut.tensor == EmbeddingGrad(str(path)).cut.tensor
+    with pytest.raises(ValueError, match="closest names"):
+        EmbeddingGrad(str(path), embedding_layer="bert.embeddings.no_such")
+    with pytest.raises(ValueError, match="also needs input"):
+        EmbeddingIG(str(path), n_steps=2)(ids, 0)
+    with pytest.raises(ValueError, match="baseline"):
+        EmbeddingIG(str(path), baseline=0.5)
+    with pytest.raises(ValueError, match="method must be one of"):
+        EmbeddingIG(str(path), method="simpson")
+    with pytest.raises(ValueError, match="mask_input"):
+        TokenOcclusion(str(path), mask_input="token_type_ids")
+    with pytest.raises(ValueError, match="not a token method"):
+        explain_tokens(str(path), ids, method="vanilla", attention_mask=mask)
+    _, cnn = tiny_cnn()
+    for cls in (EmbeddingIG, TokenOcclusion, TokenRISE):
+        with pytest.raises(UnsupportedModelError, match="token models"):
+            cls(Model(cnn))
+
+
+def test_html_rendering():
+    page = render_html(["[CLS]", "good", "##ness", "<b>", "bad"], np.array([0.0, 2.0, 1.0, 0.5, -2.0]))
+    assert page.count('class="t"') == 5
+    assert "good</span><span" in page  # a WordPiece continuation joins its token
+    assert "&lt;b&gt;" in page and "rgba(220, 40, 40, 1.000)" in page and "rgba(40, 90, 220, 1.000)" in page
+    with pytest.raises(ValueError, match="tokens but"):
+        render_html(["a"], np.zeros(2))
+
+
+def _tokenizer(folder):
+    """A WordLevel tokenizer trained offline on a few sentences, [CLS] ... [SEP] added."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import models, pre_tokenizers, processors, trainers
+
+    tok = tokenizers.Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    tok.train_from_iterator(["the film was good and the acting was great",
+                             "a bad film with a dull plot", "not good , not bad"], trainer)
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.save(str(folder / "tokenizer.json"))
+    return tok
+
+
+def test_cli_text_prints_tokens_and_writes_html(bert, tmp_path, capsys):
+    from captum.attr import LayerIntegratedGradients
+
+    net, path, _, _ = bert
+    model = tmp_path / "bert.onnx"
+    model.write_bytes(path.read_bytes())
+    tok = _tokenizer(tmp_path)
+    text = "the acting was good"
+    out = tmp_path / "out"
+    code = main(["explain", str(model), "--text", text, "--method", "embedding-ig,token-occlusion",
+                 "--steps", "8", "--target", "1", "--out", str(out), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    tokens = tok.encode(text).tokens
+    assert tokens == ["[CLS]", "the", "acting", "was", "good", "[SEP]"]
+    assert all(t in printed for t in tokens) and "embedding-ig" in printed
+    record = json.loads((out / "text.json").read_text())
+    assert record["tokens"] == tokens and record["target"]["index"] == 1
+    page = (out / "text_embedding-ig.html").read_text()
+    assert page.count('class="t"') == len(tokens) and "acting" in page
+    ids = torch.tensor([tok.encode(text).ids])
+    lig = LayerIntegratedGradients(lambda i: net(input_ids=i).logits, net.bert.embeddings.word_embeddings)
+    want = lig.attribute(ids, baselines=torch.zeros_like(ids), target=1, n_steps=8).sum(-1)[0].detach().numpy()
+    np.testing.assert_allclose(record["methods"]["embedding-ig"]["scores"], want, rtol=1e-4,
+                               atol=1e-4 * np.abs(want).max())
+    assert main(["explain", str(model), "--text", text, "--method", "vanilla", "--out", str(out)]) == 2
+    assert "token methods" in capsys.readouterr().err
+    assert main(["explain", str(model), "--text", text, "--tokenizer", str(tmp_path / "none.json"),
+                 "--out", str(out)]) == 2
+    assert "no tokenizer" in capsys.readouterr().err
