@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import onnx.helper as oh
@@ -23,6 +24,7 @@ from onnx_xai.targets import ClassTarget
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 import torch_models  # noqa: E402  (after the importorskip)
+from rollout_refs import chefer_relevance, grid, paper_rollout, upsampled  # noqa: E402
 from torch import nn  # noqa: E402
 
 IMG, PATCH = 32, 8
@@ -69,46 +71,6 @@ def torch_attentions(net, x, grad_classes=None):
     return [a.detach().double() for a in atts], [g.double() for g in grads]
 
 
-def paper_rollout(atts, fusion="mean", discard=0.0):
-    """Abnar & Zuidema 2020, one sample at a time: Ã = ½·A + ½·I (A: mean over heads; other
-    fusions or a discard_ratio as vit-explain: the lowest entries but (0, 0) zeroed, then
-    (A + I)/2 divided by its row sums),
-    rollout = Ã_L ··· Ã_1; returns each sample's [CLS] row ``(B, T)``."""
-    rows = []
-    for b in range(atts[0].shape[0]):
-        r = np.eye(atts[0].shape[-1])
-        for a in atts:
-            a = {"mean": a[b].mean(0), "max": a[b].max(0), "min": a[b].min(0)}[fusion]
-            if fusion == "mean" and not discard:
-                a = 0.5 * a + 0.5 * np.eye(len(a))
-            else:  # vit-explain's rollout
-                t = torch.from_numpy(a.copy()).flatten()
-                _, idx = t.topk(int(t.numel() * discard), largest=False)
-                t[idx[idx != 0]] = 0
-                a = (t.reshape(a.shape).numpy() + np.eye(len(a))) / 2
-                a = a / a.sum(-1, keepdims=True)
-            r = a @ r
-        rows.append(r[0])
-    return np.stack(rows)
-
-
-def chefer_relevance(atts, grads):
-    """The authors' ``generate_relevance`` (Transformer-MM-Explainability, ViT): R = I; per block
-    cam = (grad · attn).clamp(min=0).mean(heads); R += cam @ R; per sample → ``(B, T)`` [CLS] rows."""
-    rows = []
-    for b in range(atts[0].shape[0]):
-        r = torch.eye(atts[0].shape[-1], dtype=torch.float64)
-        for a, g in zip(atts, grads):
-            cam = (g[b] * a[b]).clamp(min=0).mean(dim=0)
-            r = r + torch.matmul(cam, r)
-        rows.append(r[0])
-    return torch.stack(rows).numpy()
-
-
-def grid(rows, prefix, hw):
-    return rows[:, prefix:].reshape(len(rows), 1, *hw)
-
-
 def test_rollout_equals_the_paper_formula_on_torch_attentions(hf_vit, images):
     net, onnx_bytes = hf_vit
     ref = grid(paper_rollout(torch_attentions(net, images)[0]), 1, (4, 4))
@@ -119,8 +81,7 @@ def test_rollout_equals_the_paper_formula_on_torch_attentions(hf_vit, images):
     assert raw.shape == (3, 1, 4, 4)
     np.testing.assert_allclose(raw, ref, rtol=1e-5, atol=1e-7)
     # the map is upsampled to the image as F.interpolate (bilinear, align_corners=False)
-    up = torch.nn.functional.interpolate(torch.from_numpy(ref), size=(IMG, IMG), mode="bilinear",
-                                         align_corners=False).numpy()
+    up = upsampled(ref, (IMG, IMG))
     np.testing.assert_allclose(AttentionRollout(roll.model, postprocessing=identity)(images), up,
                                rtol=1e-5, atol=1e-7)
     out = roll(images, 2)
@@ -136,7 +97,7 @@ def test_head_fusion_and_discard_ratio_equal_vit_explain(hf_vit, images, fusion,
     np.testing.assert_allclose(raw, ref, rtol=1e-5, atol=1e-7)
 
 
-def test_gradient_rollout_equals_cheferet_al_in_torch(hf_vit, images):
+def test_gradient_rollout_equals_chefer_et_al_in_torch(hf_vit, images):
     net, onnx_bytes = hf_vit
     logits = net(torch.from_numpy(images)).logits.detach().numpy()
     classes = [0, 3, 4]
@@ -148,8 +109,32 @@ def test_gradient_rollout_equals_cheferet_al_in_torch(hf_vit, images):
     # default target: each sample's argmax class; a ClassTarget works the same way
     top = grid(chefer_relevance(*torch_attentions(net, images, logits.argmax(1))), 1, (4, 4))
     np.testing.assert_allclose(method.compute_map(images), top, rtol=1e-4, atol=1e-7)
-    up = torch.nn.functional.interpolate(torch.from_numpy(ref), size=(IMG, IMG), mode="bilinear").numpy()
+    up = upsampled(ref, (IMG, IMG))
     np.testing.assert_allclose(method.explain(images, ClassTarget(index=classes)), up, rtol=1e-4, atol=1e-7)
+
+
+def test_dynamo_export_with_a_pinned_batch(hf_vit, images):
+    """The dynamo exporter (unscoped node names, a static batch of 2) explaining 3 images."""
+    net, _ = hf_vit
+
+    class Logits(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x).logits
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = torch.onnx.export(Logits().eval(), (torch.from_numpy(images[:2]),), dynamo=True,
+                                  verbose=False).model_proto
+    model = Model(proto, device="cpu")
+    assert model.input.shape[0] == 2
+    atts, grads = torch_attentions(net, images, [1, 1, 1])
+    np.testing.assert_allclose(AttentionRollout(model).compute_map(images),
+                               grid(paper_rollout([a.numpy() for a in atts]), 1, (4, 4)), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(GradientRollout(model).compute_map(images, 1),
+                               grid(chefer_relevance(atts, grads), 1, (4, 4)), rtol=1e-4, atol=1e-7)
 
 
 class DistilledViT(nn.Module):
@@ -233,7 +218,6 @@ def test_registered_and_the_cli_runs_them_on_the_vit(hf_vit, images, tmp_path):
                        ("grad-rollout", chefer_relevance(atts, grads))):
         meta = json.loads((tmp_path / "o" / f"img_npy_{name}.json").read_text())
         assert meta["method"] == name and meta["target"]["index"] == 3
-        ref = torch.nn.functional.interpolate(torch.from_numpy(grid(rows, 1, (4, 4))), size=(IMG, IMG),
-                                              mode="bilinear").numpy()[0, 0]
+        ref = upsampled(grid(rows, 1, (4, 4)), (IMG, IMG))[0, 0]
         ref = (ref - ref.min()) / (ref.max() - ref.min())
         np.testing.assert_allclose(np.load(tmp_path / "o" / f"img_npy_{name}.npy"), ref, atol=1e-4)

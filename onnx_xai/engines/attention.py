@@ -71,7 +71,8 @@ def _layout(model: Model, sample_shape: tuple[int, ...]) -> AttentionLayout:
     proto = model.require_proto("attention rollout")
     if not softmax_outputs(proto):
         raise UnsupportedModelError(_NO_ATTENTION.format(what="this model has no Softmax node"))
-    inputs = {model.input_name: (1,) + sample_shape}
+    batch = model.input.shape[0] if isinstance(model.input.shape[0], int) else 1  # a pinned batch
+    inputs = {model.input_name: (batch,) + sample_shape}
     static = graph.static_shapes(proto, inputs)
     shapes = graph.tensor_shapes(static)
     tensors = [t for t in softmax_outputs(static)
@@ -80,7 +81,7 @@ def _layout(model: Model, sample_shape: tuple[int, ...]) -> AttentionLayout:
         raise UnsupportedModelError(_NO_ATTENTION.format(
             what="no Softmax of this model is a (B, heads, T, T) attention (a CNN?)"))
     sizes = {shapes[t][-1] for t in tensors}
-    if len(sizes) > 1 or any(shapes[t][0] != 1 for t in tensors if len(shapes[t]) == 4):
+    if len(sizes) > 1 or any(shapes[t][0] != batch for t in tensors if len(shapes[t]) == 4):
         raise UnsupportedModelError(
             f"the attention tensors have token counts {sorted(sizes)} or window batches "
             "(Swin-style windowed attention): rollout multiplies the attention of every block "
