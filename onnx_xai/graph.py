@@ -310,18 +310,38 @@ def static_shapes(proto: onnx.ModelProto, input_shapes: dict[str, tuple]) -> onn
     except Exception:
         inferred = out
     if _unknown_shapes(inferred):
-        try:  # needs sympy (a declared dependency); without it, the run below still gives shapes
-            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-            symbolic = SymbolicShapeInference.infer_shapes(out, auto_merge=True)
-        except Exception:
-            symbolic = None
+        symbolic = _symbolic_shapes(out)
         if symbolic is not None and len(_unknown_shapes(symbolic)) < len(_unknown_shapes(inferred)):
             inferred = symbolic
     unknown = _unknown_shapes(inferred)
     if unknown:  # last resort: one run on zeros tells the shapes at these input shapes
         inferred = _shapes_by_running(inferred, input_shapes, unknown)
     return inferred
+
+
+def _symbolic_shapes(proto: onnx.ModelProto) -> onnx.ModelProto | None:
+    """ORT's symbolic shape inference, kept in memory (None where it cannot run).
+
+    Its ``infer_shapes`` saves an incomplete result to ``./sym_shape_infer_temp.onnx`` (and
+    external data files) in the caller's working folder; this drives the same steps and keeps
+    what it inferred, complete or not. Needs sympy (a declared dependency); without it, the run
+    in ``static_shapes`` still gives the shapes.
+    """
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
+    except ImportError:
+        return None
+    if (get_opset(proto) or 0) < 7:
+        return None
+    try:
+        inference = SymbolicShapeInference(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess rank, verbose
+        inference._preprocess(proto)
+        while inference.run_:
+            inference._infer_impl()
+        inference._update_output_from_vi()
+        return inference.out_mp_
+    except Exception:
+        return None
 
 
 def _shapes_by_running(proto: onnx.ModelProto, input_shapes: dict[str, tuple],
@@ -332,12 +352,16 @@ def _shapes_by_running(proto: onnx.ModelProto, input_shapes: dict[str, tuple],
 
     probe = expose_tensors(proto, names)
     inits = {i.name for i in proto.graph.initializer}
+    batch = next((s[0] for s in input_shapes.values() if s), 1)
     feeds = {}
     for value in proto.graph.input:
         if value.name in inits:
             continue
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        feeds[value.name] = np.zeros(input_shapes.get(value.name) or shape_of(value), dtype)
+        shape = input_shapes.get(value.name) or shape_of(value) or ()
+        # free dims of an input not given: the given batch on axis 0, else 1
+        shape = [d if d is not None else (batch if k == 0 else 1) for k, d in enumerate(shape)]
+        feeds[value.name] = np.zeros(shape, dtype)
     try:
         session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
         values = session.run(names, feeds)
