@@ -34,3 +34,5 @@ from .methods.tokens import EmbeddingGrad, EmbeddingIG, TokenOcclusion, TokenRIS
 __all__ += ["EmbeddingGrad", "EmbeddingIG", "TokenOcclusion", "TokenRISE"]
 from .methods.rollout import AttentionRollout, GradientRollout
 __all__ += ["AttentionRollout", "GradientRollout"]
+from .text import explain_tokens
+__all__ += ["explain_tokens"]
