@@ -29,6 +29,12 @@ class NonFiniteWarning(RuntimeWarning):
     infinite scores; the map was made from the finite ones (the message says how many)."""
 
 
+#: what to use instead when an image / signal method meets integer token ids
+TOKEN_HINT = ("for token ids (input_ids (B, T)) use the token methods embedding-ig, embedding-grad, "
+              "token-occlusion, token-rise (onnx_xai.EmbeddingIG, ..., onnx_xai.explain_tokens; "
+              "onnx-xai explain MODEL --text)")
+
+
 def one_line(exc: BaseException) -> str:
     """An error as one line for a report or the command line: its first line, with its type
     unless it is one of the usual user errors (``ValueError``, ``FileNotFoundError``, ours)."""

@@ -13,6 +13,7 @@ import numpy as np
 from . import targets
 from .engines.cam import last_spatial_layer
 from .engines.occlusion import Occluder, fill_nearest, occlusion_scores
+from .errors import TOKEN_HINT
 from .finite import check_finite_array, check_finite_input, check_finite_output, finite_rows, positive_int
 from .methods.cam import GradCAM
 from .registry import method
@@ -158,7 +159,7 @@ def observation(model: Model, X: np.ndarray) -> tuple[np.ndarray, bool]:
     if model.input.dtype.kind != "f":
         raise ValueError(f"occlusion_sensitivity feeds float32 observations (as MATLAB's single); "
                          f"the model's input {model.input_name!r} is {model.input.dtype.name} "
-                         "(use OcclusionSensitivity, which keeps the input's dtype)")
+                         "(use OcclusionSensitivity, which keeps the input's dtype; " + TOKEN_HINT + ")")
     original, X = X, X.astype(np.float32, copy=False)
     if not np.isfinite(X).all():
         check_finite_input(X, "X" + ("" if original.dtype.kind == "f" and not np.isfinite(original).all()

@@ -209,3 +209,34 @@ def test_cli_text_prints_tokens_and_writes_html(bert, tmp_path, capsys):
     assert main(["explain", str(model), "--text", text, "--tokenizer", str(tmp_path / "none.json"),
                  "--out", str(out)]) == 2
     assert "no tokenizer" in capsys.readouterr().err
+
+
+class _MeanEmbedding(torch.nn.Module):
+    """ids (B, T) → embedding (B, T, 4) → mean over tokens → logits (B, 3): a one-input token model."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.emb, self.fc = torch.nn.Embedding(20, 4), torch.nn.Linear(4, 3)
+
+    def forward(self, ids):
+        return self.fc(self.emb(ids).mean(1))
+
+
+def test_image_methods_name_the_token_methods():
+    import onnx_xai as ox
+    from torch_models import export_onnx
+
+    net = _MeanEmbedding().eval()
+    model = Model(export_onnx(net, torch.randint(0, 20, (2, 6)), input_names=("input_ids",)))
+    ids = np.random.default_rng(0).integers(0, 20, (1, 6))
+    for call in (lambda: ox.VanillaGrad(model)(ids, 0), lambda: ox.IntegratedGradients(model)(ids, 0),
+                 lambda: ox.OcclusionSensitivity(model)(ids), lambda: ox.RISE(model)(ids, 0),
+                 lambda: ox.GradCAM(model, target_layers="emb")(ids, 0), lambda: ox.LIME(model)(ids, 0),
+                 lambda: ox.occlusion_sensitivity(model, ids[0], 0)):
+        with pytest.raises((ValueError, UnsupportedModelError), match="token-occlusion"):
+            call()
+    # ... and those work here: the embedding gradient of a mean is W_fc[c] / T at every token
+    g = EmbeddingGrad(model).gradients(ids, 2)
+    want = net.fc.weight[2].detach().numpy() / 6
+    np.testing.assert_allclose(g, np.broadcast_to(want, (1, 6, 4)), rtol=1e-5)

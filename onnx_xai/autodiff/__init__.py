@@ -26,7 +26,7 @@ import onnx
 from onnx import numpy_helper
 
 from .. import graph, targets
-from ..errors import UnsupportedModelError
+from ..errors import TOKEN_HINT, UnsupportedModelError
 from . import cache, ort_training, passes, portable
 
 __all__ = ["GradientModel", "GradientRequest", "gradient_model", "gradients", "score_graph",
@@ -390,7 +390,7 @@ def score_graph(model, proto: onnx.ModelProto, request: GradientRequest
             if input_type not in graph.FLOAT_TYPES:
                 raise UnsupportedModelError(
                     f"input {name!r} is not floating point: an integer/quantized input has no "
-                    "gradient; export a float model")
+                    "gradient; export a float model, or " + TOKEN_HINT)
             sources[name] = name
             continue
         tensor = graph.resolve_layer(static, name)

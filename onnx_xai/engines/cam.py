@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .. import graph, targets
 from ..autodiff import gradient_model
 from ..autodiff.passes import constant_values
-from ..errors import NonFiniteError, UnsupportedModelError
+from ..errors import TOKEN_HINT, NonFiniteError, UnsupportedModelError
 from ..finite import check_finite_output, describe_nonfinite
 from ..runtime import Model
 
@@ -237,7 +237,8 @@ class CAMMethod:
         layer's activations or gradients on ``x``, or in the map: ``NonFiniteError``."""
         x = self.model.check_input(x)
         if x.ndim < 3:
-            raise ValueError(f"x must be (B, C, *spatial), got shape {x.shape}")
+            raise ValueError(f"x must be (B, C, *spatial), got shape {x.shape}"
+                             + (f"; {TOKEN_HINT}" if x.dtype.kind in "iu" else ""))
         if not isinstance(layer_idx, (int, np.integer)) or not (
                 -len(self.target_layers) <= layer_idx < len(self.target_layers)):
             raise ValueError(f"layer_idx {layer_idx!r} out of range for target_layers {self.target_layers}")

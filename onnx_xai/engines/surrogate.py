@@ -27,7 +27,7 @@ import scipy.linalg
 from scipy.special import comb
 from tqdm.auto import tqdm
 
-from ..errors import NonFiniteError
+from ..errors import TOKEN_HINT, NonFiniteError
 from ..finite import check_finite_array, check_finite_output, finite_rows, positive_int, warn_nonfinite
 from ..kernels import surrogate as kern
 from .. import targets
@@ -408,7 +408,7 @@ class SurrogateExplainer:
         x = self.model.check_input(x)
         if x.dtype.kind != "f":
             raise ValueError(f"{self.desc} mixes the input with a baseline, which needs a floating-point "
-                             f"input; the model's input {self.model.input_name!r} is {x.dtype.name}")
+                             f"input; the model's input {self.model.input_name!r} is {x.dtype.name}; {TOKEN_HINT}")
         if x.ndim < 2:
             raise ValueError(f"{self.desc} takes (N, C, *spatial) inputs, got shape {x.shape}")
         mask = self.feature_mask if feature_mask is None else feature_mask

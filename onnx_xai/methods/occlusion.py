@@ -13,6 +13,7 @@ from scipy.special import erf
 
 from .. import targets
 from ..engines.occlusion import Occluder, blend, occlusion_scores
+from ..errors import TOKEN_HINT
 from ..finite import check_number
 from ..kernels.occlusion import argmax_first_axis
 from ..registry import method
@@ -148,6 +149,9 @@ class OcclusionSensitivity:
         x = self.model.check_input(x)
         if x.shape[0] != 1:
             raise ValueError(f"OcclusionSensitivity expects a batch of 1, got {x.shape[0]}")
+        if x.ndim < 3:
+            raise ValueError(f"OcclusionSensitivity takes (1, C, *spatial) inputs, got shape {x.shape}"
+                             + (f"; {TOKEN_HINT}" if x.dtype.kind in "iu" else ""))
         spatial = x.shape[2:]
         mask = self._mask_size(len(spatial))
         crop_lo, crop_hi, final = self._crop(spatial, mask, b_box)

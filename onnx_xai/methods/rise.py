@@ -7,7 +7,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import targets
-from ..errors import NonFiniteError
+from ..errors import TOKEN_HINT, NonFiniteError
 from ..finite import check_finite_output, check_number, finite_rows, warn_nonfinite
 from ..kernels import rise as kern
 from ..registry import method
@@ -62,7 +62,7 @@ class RISE:
         if x.dtype.kind != "f":
             raise ValueError(f"RISE multiplies the input by soft masks, which needs a floating-point "
                              f"input; the model's input {self.model.input_name!r} is {x.dtype.name} "
-                             "(use OcclusionSensitivity, which replaces patches by a value)")
+                             "(use OcclusionSensitivity, which replaces patches by a value; " + TOKEN_HINT + ")")
         spatial = x.shape[2:]
         if len(spatial) not in (2, 3):
             raise ValueError(f"RISE takes (B, C, H, W) or (B, C, H, W, D) inputs, got shape {x.shape}")
