@@ -20,9 +20,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from . import graph, registry, targets
+from . import graph, registry, targets, tokens
+from . import layout as layout_of
 from .autodiff import SCORE, WEIGHTS, GradientRequest, input_shapes, passes, portable, score_graph
-from .engines.cam import GraphTaps, last_spatial_layer
+from .autolayer import choose_layer
+from .engines.cam import GraphTaps
 from .errors import UnsupportedModelError
 from .finite import positive_int
 from .runtime import Model
@@ -57,6 +59,7 @@ class ExportPlan:
     upsample: bool
     normalize: bool
     score_activation: str = "none"
+    fold: Any = None  # tokens.TokenFold of a transformer token layer, folded in the graph
 
 _FLIPPED = ("gradcam", "gradcampp", "cam")  # older exports carry no "hot": their flipped methods
 CLASS_IDX, SALIENCY = "class_idx", "saliency"
@@ -87,7 +90,9 @@ def _relax_batch(p2: onnx.ModelProto, p3: onnx.ModelProto, batch_inputs: list[st
 
     Every constant that differs must be int64 with entries either equal or proportional to
     the batch (``v(3) / 3 == v(2) / 2``); each becomes ``coef · B + base`` computed from
-    ``Shape(batch_inputs[0])[0]``. Anything else raises ``UnsupportedModelError``.
+    ``Shape(batch_inputs[0])[0]``. A constant of B equal rows (a class token expanded over
+    the batch, folded by the gradient build) becomes its row expanded to B. Anything else
+    raises ``UnsupportedModelError``.
     """
     if _signature(p2) != _signature(p3):
         raise UnsupportedModelError("the gradient graph's structure depends on the batch size; "
@@ -97,10 +102,14 @@ def _relax_batch(p2: onnx.ModelProto, p3: onnx.ModelProto, batch_inputs: list[st
     for node in p2.graph.node:
         for i in node.input:
             users.setdefault(i, []).append(f"{node.op_type} {node.name!r}")
-    changed = {}
+    changed, tiled = {}, {}
     for name, v2 in c2.items():
         v3 = c3.get(name)
         if v3 is None or (v2.shape == v3.shape and np.array_equal(v2, v3)):
+            continue
+        axis = _batch_axis(v2, v3)
+        if axis is not None:
+            tiled[name] = (axis, np.take(v2, [0], axis=axis))
             continue
         d = v3.astype(np.int64) - v2.astype(np.int64) if v2.shape == v3.shape else None
         if v2.dtype != np.int64 or d is None or v2.ndim > 1 or not np.array_equal(v2[d != 0], 2 * d[d != 0]):
@@ -118,6 +127,10 @@ def _relax_batch(p2: onnx.ModelProto, p3: onnx.ModelProto, batch_inputs: list[st
     for name, (coef, base) in changed.items():
         src = batch if coef.ndim else batch0
         b.op("Add", [b.op("Mul", [src, b.const(coef)]), b.const(base)], out=name)
+    for name, (axis, row) in tiled.items():
+        dims = [b.const(row.shape[:axis]), batch, b.const(row.shape[axis + 1:])]
+        b.op("Expand", [b.const(row, row.dtype), b.op("Concat", dims, axis=0)], out=name)
+    changed.update(tiled)
     kept = [n for n in g.node if not (n.op_type == "Constant" and n.output[0] in changed)]
     inits = [t for t in g.initializer if t.name not in changed]
     del g.node[:], g.initializer[:]
@@ -132,12 +145,22 @@ def _relax_batch(p2: onnx.ModelProto, p3: onnx.ModelProto, batch_inputs: list[st
     return out
 
 
+def _batch_axis(v2: np.ndarray, v3: np.ndarray) -> int | None:
+    """The axis over which ``v2`` / ``v3`` repeat one slice 2 / 3 times (the batch axis of a
+    constant that only repeats per sample), else None."""
+    axes = [a for a in range(v2.ndim) if v2.shape[a] != v3.shape[a]] if v2.ndim == v3.ndim else []
+    if len(axes) != 1 or (v2.shape[axes[0]], v3.shape[axes[0]]) != (2, 3):
+        return None
+    row = np.take(v2, [0], axis=axes[0])
+    return axes[0] if bool((v2 == row).all()) and bool((v3 == row).all()) else None
+
+
 # ---------------------------------------------------------------------------- cores
 def _gradient_core(model: Model, proto: onnx.ModelProto, wrt: str, output: str,
-                   per_sample: tuple, batch: int, activation: str) -> tuple[onnx.ModelProto, str, str, str]:
+                   sample_shapes: dict, batch: int, activation: str) -> tuple[onnx.ModelProto, str, str, str]:
     """Gradient graph at ``batch`` (score head with ``activation``) with the seed fixed to 1 and
     the probe removed. Returns (graph, activation tensor, gradient tensor ``(B, …, 1)``, weights input)."""
-    shapes = input_shapes(model, batch, per_sample, None)
+    shapes = input_shapes(model, batch, sample_shapes[model.input_name], sample_shapes)
     request = GradientRequest((wrt,), output, tuple(sorted(shapes.items())), activation=activation)
     static, sources, layers = score_graph(model, proto, request)
     built, grads, seed = portable.build(static, list(sources.values()), SCORE)
@@ -198,7 +221,8 @@ def export_explainer(model: Any, method: str = "gradcam", target_layers: str | S
                      class_idx: int | None = None, upsample: bool = True, normalize: bool = True, *,
                      output: str | None = None, input_shape: Sequence[int] | None = None,
                      batch_size: int | None = None, fc_layers: str | None = "fc",
-                     activation: str = "none") -> onnx.ModelProto:
+                     activation: str = "none", extra_shapes: dict | None = None,
+                     layout: str | None = None) -> onnx.ModelProto:
     """One ONNX model returning the model's outputs and ``saliency``.
 
     Args:
@@ -218,6 +242,11 @@ def export_explainer(model: Any, method: str = "gradcam", target_layers: str | S
         activation: the explained score, as a ``ClassTarget``'s: the class's raw output
             (``"none"``), its ``"softmax"`` probability or its ``"sigmoid"`` (gradient methods;
             the map equals the class called with ``ClassTarget(index, activation=...)``).
+        extra_shapes: per-sample shapes of the model's other inputs where not fixed (they
+            stay inputs of the explainer, fed as to the model).
+        layout: the input's layout (``onnx_xai.layout``; None: the Model's): a channel-last
+            model's explainer takes channel-last inputs (``input_shape`` in that layout) and
+            returns CAM maps ``(B, 1, *spatial)``, input-shaped saliency channel-last.
     Returns:
         ``onnx.ModelProto``; inputs: the model's, plus ``class_idx`` int64 ``(B,)`` or ``(1,)``
         (optional, default [-1]; a negative entry means the argmax class); outputs: the
@@ -235,6 +264,9 @@ def export_explainer(model: Any, method: str = "gradcam", target_layers: str | S
         raise ValueError(f"class_idx must be None, -1 or a class index >= 0, got {class_idx!r}")
     batch_size = None if batch_size is None else positive_int("batch_size", batch_size)
     m = model if isinstance(model, Model) else Model(model, device="cpu", verbose=False)
+    if input_shape is not None and layout_of.resolve(m, layout) == "nhwc":
+        input_shape = (input_shape[-1],) + tuple(input_shape[:-1])
+    m = layout_of.channel_first(m, layout)
     proto = m.require_proto("export_explainer")
     contrib = [f"{n.domain}:{n.op_type} ({n.name!r})" for n in proto.graph.node
                if n.domain not in ("", "ai.onnx")]
@@ -250,7 +282,8 @@ def export_explainer(model: Any, method: str = "gradcam", target_layers: str | S
                          "shape with input_shape=(C, H, W[, D])")
     per_sample = tuple(int(s) for s in per_sample)
     fixed = m.input.shape[0] if isinstance(m.input.shape[0], int) else batch_size
-    static = graph.static_shapes(proto, {m.input_name: (1,) + per_sample})
+    feeds = input_shapes(m, int(fixed or 1), per_sample, extra_shapes)
+    static = graph.static_shapes(proto, feeds)
     shapes = graph.tensor_shapes(static)
     if graph.tensor_types(static).get(output) != onnx.TensorProto.FLOAT or len(shapes.get(output, ())) != 2:
         raise UnsupportedModelError(f"output {output!r} is {shapes.get(output)} at batch 1 (type "
@@ -260,7 +293,7 @@ def export_explainer(model: Any, method: str = "gradcam", target_layers: str | S
     if info.kind == "cam":
         layers = [target_layers] if isinstance(target_layers, str) else list(target_layers or [])
         layer = (graph.resolve_layer(proto, layers[-1]) if layers else
-                 last_spatial_layer(proto, {m.input_name: (1,) + per_sample}))
+                 choose_layer(proto, feeds, m.input_name).tensor)
         extra = {"fc_layers": fc_layers} if "fc_layers" in inspect.signature(info.impl).parameters else {}
         explainer = info.impl(m, layer, **extra)
     if not getattr(explainer, "gradients", True):
@@ -270,15 +303,50 @@ def export_explainer(model: Any, method: str = "gradcam", target_layers: str | S
         core, act, grad, weights = proto, layer, None, "xai/weights"
     else:
         wrt = layer or m.input_name
-        build = lambda b: _gradient_core(m, proto, wrt, output, per_sample, b, activation)
+        samples = {k: v[1:] for k, v in feeds.items()}
+        build = lambda b: _gradient_core(m, proto, wrt, output, samples, b, activation)
         if fixed is not None:
             core, act, grad, weights = build(int(fixed))
         else:
             (c2, act, grad, weights), (c3, *_) = build(2), build(3)
             core = _relax_batch(c2, c3, [i.name for i in m.inputs])
     plan = ExportPlan(explainer, info.kind, core, act, grad, weights, output, per_sample, fixed,
-                      layer, class_idx, bool(upsample), bool(normalize), activation)
-    return _finish(m, proto, shapes, plan)
+                      layer, class_idx, bool(upsample), bool(normalize), activation,
+                      fold=_layer_fold(proto, feeds, m.input_name, static, layer))
+    return _input_layout(_finish(m, proto, shapes, plan), m, info.kind)
+
+
+def _layer_fold(proto: onnx.ModelProto, feeds: dict, image: str, static: onnx.ModelProto,
+                layer: str | None) -> tokens.TokenFold | None:
+    """How a CAM ``layer`` folds to ``(B, C, h, w)`` (None: channel-first, or no CAM)."""
+    if layer is None:
+        return None
+    return tokens.GridFinder(proto, feeds, image, static=static).require_fold(layer, layer)
+
+
+def _input_layout(out: onnx.ModelProto, m: Model, kind: str) -> onnx.ModelProto:
+    """The explainer of a channel-first view (``onnx_xai.layout``) taking the channel-last
+    input of the original model again; input-shaped saliency (gradient methods) transposed
+    back to it."""
+    if not layout_of.is_folded(m):
+        return out
+    rank = len(m.input.shape)
+    perm = layout_of.last_perm(rank)
+    out = layout_of.transposed_input(out, m.input_name, perm)
+    if kind == "gradient":
+        g = out.graph
+        inner = f"{SALIENCY}__xai_channel_first"
+        for node in g.node:
+            node.output[:] = [inner if o == SALIENCY else o for o in node.output]
+        g.node.append(helper.make_node("Transpose", [inner], [SALIENCY], perm=perm,
+                                       name=f"{SALIENCY}__xai_layout"))
+        dims = value_dims = next(o for o in g.output if o.name == SALIENCY).type.tensor_type.shape.dim
+        old = [onnx.TensorShapeProto.Dimension() for _ in dims]
+        for keep, dim in zip(old, dims):
+            keep.CopyFrom(dim)
+        for i, axis in enumerate(perm):
+            value_dims[i].CopyFrom(old[axis])
+    return out
 
 
 def _finish(m: Model, proto: onnx.ModelProto, shapes: dict, plan: ExportPlan) -> onnx.ModelProto:
@@ -296,8 +364,11 @@ def _finish(m: Model, proto: onnx.ModelProto, shapes: dict, plan: ExportPlan) ->
         taps = GraphTaps(m.input_name, grad, None, idx, nd, plan.per_sample[0])
         b.op("Identity", [plan.explainer.graph_rule(b, taps)], out=SALIENCY)
     else:
-        layer = plan.layer
-        if len(shapes.get(layer, ())) != nd:
+        layer, act, channels = plan.layer, plan.activation, shapes.get(plan.layer, (0, 0))[1:2]
+        if plan.fold is not None:  # a token layer: fold activations and gradients to (B, C, h, w)
+            act, grad = plan.fold.graph(b, act), None if grad is None else plan.fold.graph(b, grad)
+            channels = (plan.fold.channels(shapes[layer]),)
+        elif len(shapes.get(layer, ())) != nd:
             raise ValueError(f"target layer {layer!r} has shape {shapes.get(layer)} per sample: a CAM "
                              "needs a layer with spatial extent (C, H, W[, D]) before global pooling")
         score = None
@@ -306,7 +377,7 @@ def _finish(m: Model, proto: onnx.ModelProto, shapes: dict, plan: ExportPlan) ->
                       "sigmoid": b.op("Sigmoid", [plan.output])}[plan.score_activation]
             s = b.reduce("ReduceSum", b.op("Mul", [scored, plan.weights]), [1])
             score = b.op("Unsqueeze", [s, b.const(list(range(2, nd)))])
-        taps = GraphTaps(plan.activation, grad, score, idx, nd, shapes[layer][1])
+        taps = GraphTaps(act, grad, score, idx, nd, channels[0])
         raw = plan.explainer.graph_rule(b, taps)
         post = _postprocess(b, raw, plan.per_sample[1:], plan.upsample, plan.normalize,
                             plan.explainer.hot == "low")
@@ -314,7 +385,8 @@ def _finish(m: Model, proto: onnx.ModelProto, shapes: dict, plan: ExportPlan) ->
     g.node.extend(b.nodes)
 
     batch_dim = int(plan.fixed) if plan.fixed is not None else "batch"
-    spatial = (plan.per_sample[1:] if plan.upsample else shapes[plan.layer][2:]) if plan.layer else ()
+    grid = tuple(plan.fold.grid) if plan.fold is not None else shapes.get(plan.layer, ())[2:]
+    spatial = (plan.per_sample[1:] if plan.upsample else grid) if plan.layer else ()
     sal_shape = [batch_dim] + ([1] + list(spatial) if plan.layer else list(plan.per_sample))
     del g.output[:]
     g.output.extend(proto.graph.output)

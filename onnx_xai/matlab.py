@@ -11,7 +11,7 @@ from typing import Callable, Sequence, Union
 import numpy as np
 
 from . import targets
-from .engines.cam import last_spatial_layer
+from .autolayer import choose_layer
 from .engines.occlusion import Occluder, fill_nearest, occlusion_scores
 from .errors import TOKEN_HINT
 from .finite import check_finite_array, check_finite_input, check_finite_output, finite_rows, positive_int
@@ -32,7 +32,7 @@ def occlusion_sensitivity(net: ModelSource, X: np.ndarray, channel_idx: int | Se
                           output_upsampling: str = "bicubic", mask_clipping: str = "on",
                           mini_batch_size: int = 128, execution_environment: str = "auto",
                           output_name: str | None = None, activation: str | Callable | None = None,
-                          verbose: bool = True) -> np.ndarray:
+                          verbose: bool = True, extra_inputs: dict | None = None) -> np.ndarray:
     """Change in total activation of a channel when parts of ``X`` are occluded.
 
     Args:
@@ -63,6 +63,8 @@ def occlusion_sensitivity(net: ModelSource, X: np.ndarray, channel_idx: int | Se
             ``"sigmoid"`` over channels, or a callable on ``(b, K, ...)`` arrays. MATLAB
             classifiers end in a softmax layer while exported ONNX classifiers usually
             return logits: ``activation="softmax"`` scores probabilities as MATLAB does.
+        extra_inputs: the network's other inputs by name (one observation's: without a batch
+            axis or with a batch of 1), fed with every occluded copy.
 
     The score of an occluded copy is the chosen channel of the output summed over its
     spatial axes (outputs are ``(B, K)`` or channel-first ``(B, K, ...)``); the map holds
@@ -105,7 +107,7 @@ def occlusion_sensitivity(net: ModelSource, X: np.ndarray, channel_idx: int | Se
     values = _mask_values(mask_value, xcf)
 
     x1 = xcf[None]
-    base = model.predict(to_model(x1) if to_model else x1, outputs=output)
+    base = model.predict(to_model(x1) if to_model else x1, outputs=output, extra_inputs=extra_inputs)
     check_finite_output(base, f"output {output!r}", "X")
     channels = channel_indices(channel_idx, base)
     score = lambda out: channel_totals(activate_output(out, activation), channels)  # noqa: E731
@@ -113,6 +115,7 @@ def occlusion_sensitivity(net: ModelSource, X: np.ndarray, channel_idx: int | Se
     check_finite_output(base_score, f"the score (activated output {output!r})", "X")
     occluded = occlusion_scores(model, x1, lo, hi, Occluder.constant(values), score, output=output,
                                 n_batch=int(mini_batch_size), verbose=verbose, to_model_layout=to_model,
+                                extra_inputs=extra_inputs,
                                 desc="occlusion_sensitivity", check_unoccluded=False,
                                 nonfinite_rule="those mask positions take the value of the nearest "
                                                "finite position")
@@ -274,7 +277,8 @@ def resize_axis(a: np.ndarray, axis: int, size: int, method: str) -> np.ndarray:
 
 def grad_cam(net: ModelSource, X: np.ndarray, channel_idx: int | Sequence[int], *,
              feature_layer: str | None = None, reduction_layer: str | None = None,
-             output_upsampling: str = "bicubic", execution_environment: str = "auto") -> np.ndarray:
+             output_upsampling: str = "bicubic", execution_environment: str = "auto",
+             extra_inputs: dict | None = None) -> np.ndarray:
     """Grad-CAM map of one observation, as MATLAB's ``gradCAM(net, X, channelIdx, Name=Value)``.
 
     ``relu(Σ_k mean_p(dS/dA_k) · A_k)`` with A the feature layer's activations (channel-first
@@ -295,6 +299,7 @@ def grad_cam(net: ModelSource, X: np.ndarray, channel_idx: int | Sequence[int], 
         output_upsampling: ``"bicubic"`` / ``"nearest"`` (MATLAB's ``imresize`` to the input
             size) or ``"none"`` (the feature layer's grid).
         execution_environment: ``"auto"``, ``"gpu"`` or ``"cpu"``.
+        extra_inputs: the network's other inputs (see ``occlusion_sensitivity``).
     Returns:
         ``(H, W)`` / ``(H, W, K)`` float32 (``(H, W, D[, K])`` for volumes).
     """
@@ -315,11 +320,11 @@ def grad_cam(net: ModelSource, X: np.ndarray, channel_idx: int | Sequence[int], 
     channels = (channel_indices(channel_idx, np.zeros((1, n_channels))) if n_channels
                 else np.atleast_1d(np.asarray(channel_idx)))  # else the engine checks the range
     if feature_layer is None:
-        feature_layer = last_spatial_layer(model.require_proto("grad_cam"),
-                                           {model.input_name: x1.shape})
+        feature_layer = choose_layer(model.require_proto("grad_cam"), {model.input_name: x1.shape}).tensor
     xs = np.repeat(x1, len(channels), axis=0)
     target = targets.ClassTarget(output=output, index=np.asarray(channels))
-    cam = GradCAM(model, feature_layer, batch_size=min(len(channels), 8)).compute_map(xs, target)
+    cam = GradCAM(model, feature_layer, batch_size=min(len(channels), 8),
+                  layout="nhwc" if channel_last else "nchw").compute_map(xs, target, **(extra_inputs or {}))
     cam = np.moveaxis(cam[:, 0], 0, -1)  # (*grid, K)
     if output_upsampling != "none":
         for axis, size in enumerate(xcf.shape[1:]):

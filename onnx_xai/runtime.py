@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from . import graph
 from .errors import DeviceError, OnnxXaiError, UnsupportedModelError
 from .finite import check_finite_input, positive_int
+from .layout import check as check_layout
 
 ModelSource = Union["Model", str, os.PathLike, bytes, onnx.ModelProto, ort.InferenceSession]
 
@@ -343,6 +344,10 @@ class Model:
             CUDA / TensorRT first → GPU when CUDA works, else the CPU with a logged warning).
         sess_options: an ``onnxruntime.SessionOptions`` whose settings every session the
             Model builds starts from (``copy_session_options``); ``threads`` still applies.
+        layout: the explained input's layout for the methods: ``"nchw"`` (channel-first),
+            ``"nhwc"`` (channel-last, e.g. tf2onnx conversions) or ``"auto"`` (the sidecar's
+            ``layout``, else guessed from the input shape; see ``onnx_xai.layout``). Methods
+            take ``x`` in this layout; ``predict`` always feeds ``x`` as it is.
 
     Models whose batch dimension is fixed (often 1) are rewritten to a dynamic batch when
     the graph allows it (checked: a batch of two must equal two single runs), otherwise
@@ -352,7 +357,8 @@ class Model:
     def __init__(self, source: ModelSource, *, device: str = "auto", threads: int | None = None,
                  input_name: str | None = None, verbose: bool = True,
                  io_binding: bool | None = None, providers: Sequence | None = None,
-                 sess_options: ort.SessionOptions | None = None) -> None:
+                 sess_options: ort.SessionOptions | None = None, layout: str = "auto") -> None:
+        self.layout = check_layout(layout)
         if isinstance(source, Model):
             source = source.proto if source.proto is not None else source.session
         if isinstance(source, ort.InferenceSession) and (providers is not None or sess_options is not None):
@@ -513,7 +519,7 @@ class Model:
         or (float inputs) the count and first index of NaN / infinite values (see ``finite``)."""
         info = self.input
         x = original = np.asarray(x)
-        want = info.dtype
+        want = self.compute_dtype
         kinds = {"f": "f", "i": "i", "u": "i", "b": "b"}
         if kinds.get(x.dtype.kind) != kinds.get(want.kind):
             raise ValueError(f"input {info.name!r} expects {info.describe()}, got dtype {x.dtype.name}"
@@ -528,10 +534,19 @@ class Model:
                              f"got {tuple(x.shape)}{hint}")
         if x.shape[0] == 0:
             raise ValueError(f"input {info.name!r} got an empty batch")
-        if want.kind == "f" and not np.isfinite(x).all():
-            check_finite_input(x, f"input {info.name!r}" + (
-                f" (as {want.name})" if np.isfinite(np.asarray(original, np.float64)).all() else ""))
+        fed = x.astype(info.dtype) if info.dtype != want else x  # float16 models: the fed values
+        if want.kind == "f" and not np.isfinite(fed).all():
+            check_finite_input(fed, f"input {info.name!r}" + (
+                f" (as {info.dtype.name})" if np.isfinite(np.asarray(original, np.float64)).all() else ""))
         return x
+
+    @property
+    def compute_dtype(self) -> np.dtype:
+        """dtype of the checked input arrays methods compute with: the explained input's, but
+        float32 for a float16 input (cast to float16 only when fed to the model; outputs come
+        back as float32), so no engine works in float16."""
+        dtype = self.input.dtype
+        return np.dtype(np.float32) if dtype == np.float16 else dtype
 
     def check_outputs(self, outputs: str | Sequence[str] | None) -> list[str]:
         """Output names (None: the first output), each checked to be an output of the model."""
@@ -564,7 +579,8 @@ class Model:
                 if i.type in _ORT_TYPES]
 
     def check_extra_inputs(self, extra: dict[str, Any] | None) -> dict[str, np.ndarray]:
-        """The model's other inputs as arrays of their dtypes; every required one must be given."""
+        """The model's other inputs as arrays of their dtypes; every required one must be given;
+        float ones must be finite (``ValueError`` with the count and first index)."""
         extra = dict(extra or {})
         others = [i for i in self.inputs if i.name != self.input_name]
         allowed = others + [i for i in self.optional_inputs if i.name in extra]
@@ -574,9 +590,28 @@ class Model:
                              f"{[i.name for i in others + self.optional_inputs]}")
         missing = [i.name for i in others if i.name not in extra]
         if missing:
-            raise ValueError(f"the model also needs input(s) {missing}: pass them as extra inputs "
+            raise ValueError(f"the model also needs input(s) {missing}: pass them to the method as "
+                             "extra inputs (keyword arguments NAME=array, or extra_inputs={NAME: "
+                             "array}; on the command line --extra NAME=FILE.npy), per batch or "
+                             "with a leading axis of one row per sample "
                              f"({', '.join(f'{i.name}: {i.describe()}' for i in others)})")
-        return {i.name: np.asarray(extra[i.name]).astype(i.dtype, copy=False) for i in allowed}
+        out = {i.name: np.asarray(extra[i.name]).astype(i.dtype, copy=False) for i in allowed}
+        for name, value in out.items():
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                check_finite_input(value, f"extra input {name!r}")
+        return out
+
+    def extra_shapes(self, extra: dict[str, np.ndarray]) -> dict[str, tuple]:
+        """Per-sample shapes of the checked extra inputs that have a batch axis (as many axes
+        as the declared input), for building graphs at static shapes."""
+        declared = {i.name: i.shape for i in self.inputs + self.optional_inputs}
+        return {k: tuple(v.shape[1:]) for k, v in extra.items() if v.ndim == len(declared[k])}
+
+    def sample_extra(self, extra: dict[str, Any] | None, item: int, n: int) -> dict[str, np.ndarray]:
+        """The extra inputs of sample ``item`` of a batch of ``n``: per-sample arrays (leading
+        axis ``n`` at a batch axis) cut to that sample's row, the others as they are."""
+        checked = self.check_extra_inputs(extra)
+        return {k: self.batch_extra(k, v, 1, n, item) for k, v in checked.items()}
 
     # ----------------------------------------------------------------- running
     def predict(self, x: Any, *, batch_size: int | None = None,
@@ -633,10 +668,11 @@ class Model:
         if fixed is not None and b < fixed:  # the graph only runs at its fixed batch size
             pad = np.repeat(chunk[-1:], fixed - b, axis=0)
             chunk = np.concatenate([chunk, pad])
-        feeds = {self.input_name: chunk}
+        feeds = {self.input_name: chunk.astype(self.input.dtype, copy=False)}
         for name, value in extra.items():
             feeds[name] = self.batch_extra(name, value, chunk.shape[0], n_total, start)
-        got = self.run_session(self.session, feeds, names)
+        got = [g.astype(np.float32) if g.dtype == np.float16 else g
+               for g in self.run_session(self.session, feeds, names)]
         return [g[:b] for g in got] if fixed is not None else got
 
     def batch_extra(self, name: str, value: np.ndarray, b: int, n_total: int | None,
@@ -666,7 +702,9 @@ class Model:
         return binding.copy_outputs_to_cpu()
 
     def _make_batch_dynamic(self, x: np.ndarray, extra: dict[str, np.ndarray]) -> None:
-        """Try to rewrite a fixed batch dimension to a dynamic one; verify on ``x``."""
+        """Try to rewrite a fixed batch dimension to a dynamic one; keep the rewrite only if a
+        batch of ``fixed + 1`` samples (made from ``x``) equals runs of the original graph at
+        its fixed size (a batch baked into a Reshape gives wrong numbers, or fails, there)."""
         if self._batch == "fixed":
             return
         fixed = int(self._batch)
@@ -675,26 +713,30 @@ class Model:
         if self._proto is None:
             return
         candidate = graph.with_dynamic_batch(self._proto, fixed)
-        second = x[-1:] if x.shape[0] > 1 else np.flip(x[:1], axis=-1)  # two different samples
-        probe = np.ascontiguousarray(np.concatenate([x[:1], second]))
+        probe = _probe_batch(x, fixed + 1)
         names = self.output_names
         try:
-            single = [self.run_batch(probe[i:i + 1], names, extra) if fixed == 1 else None
-                      for i in range(2)]
+            reference = [np.concatenate(parts) for parts in zip(*(
+                self.run_batch(probe[s:s + fixed], names, extra, fixed + 1, s)
+                for s in range(0, fixed + 1, fixed)))]
             session = self.new_session(candidate)
-            feeds = {self.input_name: probe}
-            feeds.update({k: self.batch_extra(k, v, 2, None, 0) for k, v in extra.items()})
+            feeds = {self.input_name: probe.astype(self.input.dtype, copy=False)}
+            feeds.update({k: self.batch_extra(k, v, fixed + 1, None, 0) for k, v in extra.items()})
             with captured_output():
                 both = self.run_session(session, feeds, names)
         except Exception:
             return
-        if fixed == 1:
-            for i in range(2):
-                for a, b in zip(single[i], both):
-                    if b.shape[:1] != (2,) or not np.allclose(a[0], b[i], rtol=1e-4, atol=1e-5):
-                        return
-        elif any(b.shape[:1] != (2,) for b in both):
-            return
+        for a, b in zip(reference, both):
+            if b.shape != a.shape or not np.allclose(a, b, rtol=1e-4, atol=1e-5):
+                return
         self._proto, self.session, self._batch = candidate, session, "dynamic"
         self.inputs = [self._info(i) for i in session.get_inputs()]
         self.outputs = [self._info(o) for o in session.get_outputs()]
+
+
+def _probe_batch(x: np.ndarray, n: int) -> np.ndarray:
+    """``n`` different samples made from ``x``: its samples in turn, flipped along the last
+    axis on every second pass (so that one sample gives two)."""
+    rows = [x[i % len(x)] if (i // len(x)) % 2 == 0 else np.flip(x[i % len(x)], axis=-1)
+            for i in range(n)]
+    return np.ascontiguousarray(np.stack(rows))

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .. import graph, targets
+from .. import graph, surrogate_graph, targets
 from ..errors import TOKEN_HINT, UnsupportedModelError
 from . import cache, ort_training, passes, portable
 
@@ -105,6 +105,9 @@ class GradientModel:
                        if name in spec.layers}
         self._sessions: dict[tuple[bool, int], Any] = {}
         self._pool: ThreadPoolExecutor | None = None
+        # set by gradient_model when ``model`` is the float32 surrogate of the served model
+        self.served, self.record = None, surrogate_graph.SurrogateRecord()
+        self.fidelity: surrogate_graph.Fidelity | None = None
 
     def _session(self, argmax: bool, worker: int | None):
         """The single-threaded session of ``worker`` (None: one session with the model's
@@ -161,11 +164,13 @@ class GradientModel:
                              f"{self.shapes[self.model.input_name][1:]}, got {x.shape[1:]}")
         extra = self.model.check_extra_inputs(extra_inputs)
         n, b = x.shape[0], self.batch_size
+        served = self._served_outputs(x, extra_inputs)
         tgt = None if target_weights is not None else self.target(target)
-        in_graph = tgt is not None and tgt.argmax and len(self.output_shape) == 2
+        in_graph = tgt is not None and tgt.argmax and len(self.output_shape) == 2 and served is None
         if tgt is not None and not in_graph:
-            out = (self.model.predict(x, outputs=self.output, batch_size=b, verbose=False,
-                                      extra_inputs=extra_inputs) if tgt.needs_output else None)
+            out = (served[self.output] if served is not None else self.model.predict(
+                x, outputs=self.output, batch_size=b, verbose=False, extra_inputs=extra_inputs)
+                if tgt.needs_output else None)
             target_weights = self.target_weights(tgt, out, n)
         if not in_graph:
             target_weights = np.asarray(target_weights, np.float32)
@@ -188,8 +193,25 @@ class GradientModel:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="onnx_xai_grad")
             done = list(self._pool.map(work, range(workers)))
             parts = [done[i % workers][i // workers] for i in range(len(starts))]
-        return {kind: {k: np.concatenate([p[kind][k] for p in parts]) for k in parts[0][kind]}
-                for kind in ("outputs", "activations", "gradients")}
+        res = {kind: {k: np.concatenate([p[kind][k] for p in parts]) for k in parts[0][kind]}
+               for kind in ("outputs", "activations", "gradients")}
+        if served is not None:
+            first = self.fidelity is None
+            self.fidelity = surrogate_graph.fidelity(served[self.output], res["outputs"][self.output],
+                                                     self.record)
+            surrogate_graph.report(self.fidelity, first)
+            res["outputs"] = served
+        return res
+
+    def _served_outputs(self, x: np.ndarray, extra_inputs: dict | None) -> dict | None:
+        """The served model's outputs (float32) on ``x`` where this gradient model runs on its
+        surrogate (targets are chosen on them, the surrogate's fidelity is measured on them);
+        None where the model is its own gradient graph."""
+        if self.served is None:
+            return None
+        got = self.served.predict(x, outputs=list(self.spec.outputs), batch_size=self.batch_size,
+                                  verbose=False, extra_inputs=extra_inputs)
+        return {k: np.asarray(v, np.float32) for k, v in got.items()}
 
     def _run_batch(self, session, x, w, extra, n_total, start):
         """One run at the built batch size; ``w`` None: each sample's argmax class, picked
@@ -335,14 +357,19 @@ def gradient_model(model, wrt: str | Sequence[str] | None = None, *, output: str
     backend = _backend(backend)
     shapes = input_shapes(model, 1, input_shape, extra_shapes)
     batch_size = _usable_batch(model, batch_size, shapes)
+    served = model  # float16, quantized, old opset: gradients of its float32 surrogate
+    model, record = surrogate_graph.surrogate_model(model)
     proto = model.require_proto("gradients")  # rewritten when the batch was made dynamic
-    shapes = input_shapes(model, _run_batch_size(model, proto, shapes, batch_size),
+    pinned = isinstance(model.input.shape[0] if model.input.shape else None, int)
+    shapes = input_shapes(model, batch_size if pinned else _run_batch_size(model, proto, shapes, batch_size),
                           input_shape, extra_shapes)
     request = GradientRequest(tuple(wrt), output, tuple(sorted(shapes.items())), backend,
                               bool(guided), targets.activation(activation))
     memo = model.memo("gradient_models")
     if request not in memo:
         memo[request] = _build(model, proto, request, use_cache)
+        if record:
+            memo[request].served, memo[request].record = served, record
     return memo[request]
 
 

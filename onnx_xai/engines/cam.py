@@ -6,6 +6,7 @@ each sample's target score, the logits and the chosen classes).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -13,12 +14,15 @@ import numpy as np
 import onnx
 from tqdm.auto import tqdm
 
-from .. import graph, targets
+from .. import graph, targets, tokens
+from ..autolayer import auto_layer
 from ..autodiff import gradient_model
 from ..autodiff.passes import constant_values
 from ..errors import TOKEN_HINT, NonFiniteError, UnsupportedModelError
 from ..finite import check_finite_output, describe_nonfinite
+from ..layout import channel_first, to_channel_first
 from ..runtime import Model
+from ..surrogate_graph import surrogate_model
 
 _POOLS = ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "AveragePool")
 _PASS = ("Flatten", "Reshape", "Squeeze", "Identity", "Dropout", "Relu", "Clip", "Sigmoid",
@@ -35,6 +39,7 @@ class Taps:
     gradients: np.ndarray | None
     logits: np.ndarray
     target: targets.Target
+    extra: dict | None = None  # the model's other inputs, as given (see ``Model.predict``)
 
     @property
     def scores(self) -> np.ndarray:
@@ -88,33 +93,42 @@ def _check_finite(logits: np.ndarray, output: str, act: np.ndarray, layer: str,
 
 
 def forward_taps(model: Model, layer: str, x: np.ndarray, target: targets.Target,
-                 batch_size: int = 8) -> Taps:
+                 batch_size: int = 8, extra_inputs: dict | None = None) -> Taps:
     """Activations of ``layer`` and the scored output, without gradients (one forward pass);
-    ``NonFiniteError`` when either is not finite."""
-    tensor = graph.resolve_layer(model.require_proto("CAM"), layer)
-    child = model.with_outputs([tensor])
+    ``NonFiniteError`` when either is not finite. ``extra_inputs``: the model's other inputs.
+    A float16 / quantized / old-opset model's activations are its float32 surrogate's
+    (``onnx_xai.surrogate_graph``); the logits are always the served model's."""
+    surrogate, _ = surrogate_model(model)
+    tensor = graph.resolve_layer(surrogate.require_proto("CAM"), layer)
+    child = surrogate.with_outputs([tensor])
     out = target.output or model.output_names[0]
-    got = child.predict(x, outputs=[out, tensor], batch_size=batch_size, verbose=False)
+    names = [out, tensor] if surrogate is model else [tensor]
+    got = child.predict(x, outputs=names, batch_size=batch_size, verbose=False,
+                        extra_inputs=extra_inputs)
+    if surrogate is not model:
+        got[out] = model.predict(x, outputs=out, batch_size=batch_size, verbose=False,
+                                 extra_inputs=extra_inputs)
     logits, act = got[out], got[tensor]
     _check_spatial(act, layer)
     _check_finite(logits, out, act, layer)
-    return Taps(act, None, logits, target.resolve(logits))
+    return Taps(act, None, logits, target.resolve(logits), extra_inputs)
 
 
 def gradient_taps(model: Model, layer: str, x: np.ndarray, target: targets.Target,
-                  batch_size: int = 8) -> Taps:
+                  batch_size: int = 8, extra_inputs: dict | None = None) -> Taps:
     """Activations of ``layer``, d(score)/d(activations) and the scored output from one run of
     the gradient model per batch. The default target (each sample's argmax class) is picked
     inside the graph (no extra forward pass) for ``(N, K)`` outputs. ``NonFiniteError`` when
     the output, activations or gradients are not finite."""
     gm = gradient_model(model, [layer], output=target.output, batch_size=min(x.shape[0], batch_size),
-                        input_shape=x.shape[1:], activation=target.activation)
-    res = gm.run(x, target)
+                        input_shape=x.shape[1:], activation=target.activation,
+                        extra_shapes=model.extra_shapes(model.check_extra_inputs(extra_inputs)) or None)
+    res = gm.run(x, target, extra_inputs=extra_inputs)
     logits = res["outputs"][gm.output]
     act, grad = res["activations"][layer], res["gradients"][layer]
     _check_spatial(act, layer)
     _check_finite(logits, gm.output, act, layer, grad)
-    return Taps(act, grad, logits, target.resolve(logits))
+    return Taps(act, grad, logits, target.resolve(logits), extra_inputs)
 
 
 # ---------------------------------------------------------------------------- resizing
@@ -194,10 +208,17 @@ class CAMMethod:
     Args:
         model: anything ``Model`` accepts (``nn_module=``: MONAI's name for it).
         target_layers: a layer name (node, tensor or dotted module path) or several;
-            ``layer_idx`` of a call picks one (default: the last).
+            ``layer_idx`` of a call picks one (default: the last). None: the automatic
+            layer (``onnx_xai.autolayer``; the model's input shape must be fixed).
+            Transformer token layers ``(B, T, C)`` / ``(B, h, w, C)`` are folded to
+            ``(B, C, h, w)`` automatically (``onnx_xai.tokens``).
         upsampler: ``upsampler(spatial size)(raw map)`` (default: linear, as MONAI).
         postprocessing: applied to the upsampled map (default: the class's).
         batch_size: most samples per run.
+        layout: the input's layout, ``"nchw"``, ``"nhwc"`` or ``"auto"`` (None: the Model's;
+            see ``onnx_xai.layout``): ``x`` is given in it, maps are ``(B, 1, *spatial)``.
+        reshape_transform: a function NumPy ``(B, ...)`` layer activations (and gradients)
+            → ``(B, C, h, w)``, as pytorch-grad-cam's, instead of the automatic folding.
     """
 
     gradients = True
@@ -205,11 +226,18 @@ class CAMMethod:
 
     def __init__(self, model: Any = None, target_layers: str | Sequence[str] | None = None,
                  upsampler: Callable = None, postprocessing: Callable | None = None,
-                 batch_size: int = 8, *, nn_module: Any = None) -> None:
-        self.model = targets.as_model(targets.model_argument(model, nn_module, type(self).__name__))
+                 batch_size: int = 8, *, nn_module: Any = None, layout: str | None = None,
+                 reshape_transform: Callable | None = None) -> None:
+        self.model = channel_first(targets.as_model(targets.model_argument(model, nn_module, type(self).__name__)),
+                                   layout)
+        if target_layers is None:
+            target_layers = auto_layer(self.model).tensor
         layers = [target_layers] if isinstance(target_layers, str) else list(target_layers or ())
         if not layers or not all(isinstance(l, str) and l for l in layers):
             raise ValueError(f"target_layers must be a layer name or a sequence of them, got {target_layers!r}")
+        if reshape_transform is not None and not callable(reshape_transform):
+            raise ValueError(f"reshape_transform must be a function or None, got {reshape_transform!r}")
+        self.reshape_transform, self._folds = reshape_transform, {}
         proto = self.model.require_proto("CAM")
         for name in layers:
             graph.resolve_layer(proto, name)  # unknown names fail here, listing close ones
@@ -228,14 +256,17 @@ class CAMMethod:
         """``class_idx`` (None, an int, one int per sample, or a ``Target``) as a ``Target``."""
         return targets.target(class_idx)
 
-    def compute_map(self, x: np.ndarray, class_idx: Any = None, layer_idx: int = -1) -> np.ndarray:
+    def compute_map(self, x: np.ndarray, class_idx: Any = None, layer_idx: int = -1,
+                    **extra_inputs) -> np.ndarray:
         """Raw map ``(B, 1, *s)`` at the target layer's resolution for ``x`` ``(B, C, *spatial)``;
         ``class_idx``: None (argmax per sample), an int, B ints (one per sample), or any
-        ``onnx_xai.targets`` target (e.g. a class summed over a region of a dense output).
+        ``onnx_xai.targets`` target (e.g. a class summed over a region of a dense output);
+        ``extra_inputs``: the model's other inputs by name (per batch, or per sample with a
+        leading axis of B; see ``Model.predict``).
 
         NaN / inf in ``x``: ``ValueError`` (count, first index); in the model's output, the
         layer's activations or gradients on ``x``, or in the map: ``NonFiniteError``."""
-        x = self.model.check_input(x)
+        x = self.model.check_input(to_channel_first(self.model, x))
         if x.ndim < 3:
             raise ValueError(f"x must be (B, C, *spatial), got shape {x.shape}"
                              + (f"; {TOKEN_HINT}" if x.dtype.kind in "iu" else ""))
@@ -244,21 +275,46 @@ class CAMMethod:
             raise ValueError(f"layer_idx {layer_idx!r} out of range for target_layers {self.target_layers}")
         layer = self.target_layers[layer_idx]
         run = gradient_taps if self.gradients else forward_taps
-        raw = self._map(run(self.model, layer, x, self.target(class_idx), batch_size=self.batch_size), x, layer)
+        taps = run(self.model, layer, x, self.target(class_idx), self.batch_size, extra_inputs)
+        raw = self._map(self.fold(taps, layer, x.shape), x, layer)
         detail = describe_nonfinite(raw)  # the taps were finite (checked): the rule overflowed
         if detail is not None:
             raise NonFiniteError(f"{type(self).__name__}: the map of layer {layer!r} overflowed "
                                  f"({detail}) although the activations and gradients are finite")
         return raw
 
-    def __call__(self, x: np.ndarray, class_idx: Any = None, layer_idx: int = -1) -> np.ndarray:
+    def __call__(self, x: np.ndarray, class_idx: Any = None, layer_idx: int = -1,
+                 **extra_inputs) -> np.ndarray:
         """``postprocessing(upsampler(x spatial size)(compute_map(...)))`` → ``(B, 1, *spatial)``."""
-        raw = self.compute_map(x, class_idx, layer_idx)
-        return np.asarray(self.postprocessing(self.upsampler(np.shape(x)[2:])(raw)))
+        raw = self.compute_map(x, class_idx, layer_idx, **extra_inputs)
+        size = np.shape(to_channel_first(self.model, x))[2:]
+        return np.asarray(self.postprocessing(self.upsampler(size)(raw)))
 
-    def explain(self, x: np.ndarray, target: targets.Target) -> np.ndarray:
+    def explain(self, x: np.ndarray, target: targets.Target, **extra_inputs) -> np.ndarray:
         """The registry's protocol: ``(B, 1, *spatial)`` post-processed map of ``target``."""
-        return self(x, target)
+        return self(x, target, **extra_inputs)
+
+    def fold(self, taps: Taps, layer: str, input_shape: tuple) -> Taps:
+        """``taps`` with a token layer's activations and gradients folded to ``(N, C, h, w)``
+        by ``reshape_transform`` or the layer's detected ``tokens.TokenFold`` (cached per
+        layer and input shape); channel-first layers are returned as they are."""
+        fold = self.reshape_transform
+        if fold is None:
+            key = (layer, tuple(input_shape[1:]))
+            if key not in self._folds:
+                proto = self.model.require_proto("CAM")
+                finder = tokens.GridFinder(proto, {self.model.input_name: (1,) + key[1]})
+                self._folds[key] = finder.require_fold(graph.resolve_layer(proto, layer), layer)
+            fold = self._folds[key]
+        if fold is None:
+            return taps
+        act = np.asarray(fold(taps.activations))
+        grad = None if taps.gradients is None else np.asarray(fold(taps.gradients))
+        if act.ndim != len(input_shape) or (grad is not None and grad.shape != act.shape):
+            raise ValueError(f"reshape_transform gave activations {act.shape} and gradients "
+                             f"{None if grad is None else grad.shape} for layer {layer!r}; expected "
+                             f"(B, C, *spatial) of rank {len(input_shape)}")
+        return dataclasses.replace(taps, activations=act, gradients=grad)
 
     def feature_map_size(self, input_size: Sequence[int], layer_idx: int = -1) -> tuple:
         """Shape of the raw map for an input of shape ``input_size`` (as MONAI)."""
@@ -290,7 +346,8 @@ def channel_scores(method: Any, x: np.ndarray, t: Taps) -> np.ndarray:
               leave=False) as bar:
         for i in range(n):
             act, target = t.activations[i], t.target.select(np.array([i]))
-            score = lambda batch: target(method.model.predict(batch, outputs=target.output,
+            extra = method.model.sample_extra(t.extra, i, n)
+            score = lambda batch: target(method.model.predict(batch, outputs=target.output, extra_inputs=extra,
                                                               batch_size=method.batch_size, verbose=False))
             lo, hi = act.reshape(c, -1).min(1), act.reshape(c, -1).max(1)
             live = np.flatnonzero(hi > lo)
@@ -317,7 +374,10 @@ def fc_weights(proto: onnx.ModelProto, layer_tensor: str, fc_layer: str | None =
     consts, users = constant_values(proto), graph.consumers(proto)
     if fc_layer is not None:
         tensor = graph.resolve_layer(proto, fc_layer)
-        node = next(n for n in proto.graph.node if tensor in n.output)
+        producers = {o: n for n in proto.graph.node for o in n.output}
+        node = producers[tensor]
+        while node.op_type in ("Cast", "Identity", "Clip") and node.input[0] in producers:
+            node = producers[node.input[0]]  # float16 casts, a surrogate's saturation
         if node.op_type == "Add":  # MatMul + bias: the module's last node is the Add
             node = next((n for n in proto.graph.node if n.output[0] in node.input
                          and n.op_type == "MatMul"), node)
@@ -370,21 +430,3 @@ def _dense(node, consts, users) -> tuple[np.ndarray, np.ndarray]:
         if other in consts:
             bias = bias + consts[other].reshape(-1)
     return w, bias
-
-
-def last_spatial_layer(proto: onnx.ModelProto, input_shapes: dict[str, tuple]) -> str:
-    """Tensor name of the last node output (graph order) with a spatial dim > 1 — the layer
-    before global pooling in a CNN classifier."""
-    static = graph.static_shapes(proto, input_shapes)
-    shapes, types = graph.tensor_shapes(static), graph.tensor_types(static)
-    found = None
-    for node in proto.graph.node:
-        for t in node.output:
-            s = shapes.get(t)
-            if (s is not None and len(s) >= 3 and max(s[2:]) > 1
-                    and types.get(t) in graph.FLOAT_TYPES and node.op_type not in ("Constant", "Shape")):
-                found = t
-    if found is None:
-        raise UnsupportedModelError("the model has no layer with spatial extent (N, C, H, W[, D]); "
-                                    "name the feature layer explicitly")
-    return found

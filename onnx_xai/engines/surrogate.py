@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..errors import TOKEN_HINT, NonFiniteError
 from ..finite import check_finite_array, check_finite_output, finite_rows, positive_int, warn_nonfinite
 from ..kernels import surrogate as kern
-from .. import targets
+from .. import layout, targets
 from ..runtime import Model
 from .segmentation import grid_labels, superpixel_labels
 
@@ -378,7 +378,7 @@ class SurrogateExplainer:
         self.seed, self.verbose = seed, verbose
         self.output = self.model.check_class_output(output)
 
-    def explain(self, x: np.ndarray, target: Any) -> np.ndarray:
+    def explain(self, x: np.ndarray, target: Any, **extra_inputs) -> np.ndarray:
         """The registry's protocol: ``(N, C, *spatial)`` attributions of a class target of this
         method's output (its activation must be the one ``activate`` gives: "none" for False,
         "softmax" for True); other targets are refused with ``ValueError``."""
@@ -389,7 +389,7 @@ class SurrogateExplainer:
             raise ValueError(f"{self.desc} explains a class of output {self.output!r} scored with "
                              f"activate={self.activate!r} (a ClassTarget with activation {wanted!r}); "
                              f"got {target!r}")
-        return self(x, target.index)
+        return self(x, target.index, extra_inputs=extra_inputs or None)
 
     def __call__(self, x: Any, index: Any = None, *, feature_mask: Any = None, baselines: Any = None,
                  coalitions: Any = None, return_input_shape: bool = True,
@@ -405,15 +405,16 @@ class SurrogateExplainer:
                 feature's coefficient (Captum's layout); False: ``(N, M)`` coefficients.
             extra_inputs: the model's other inputs, passed with every batch.
         """
-        x = self.model.check_input(x)
+        x = self.model.check_input(layout.to_channel_first(self.model, x))
         if x.dtype.kind != "f":
             raise ValueError(f"{self.desc} mixes the input with a baseline, which needs a floating-point "
                              f"input; the model's input {self.model.input_name!r} is {x.dtype.name}; {TOKEN_HINT}")
         if x.ndim < 2:
             raise ValueError(f"{self.desc} takes (N, C, *spatial) inputs, got shape {x.shape}")
-        mask = self.feature_mask if feature_mask is None else feature_mask
+        mask = layout.argument_to_channel_first(self.model, self.feature_mask if feature_mask is None else feature_mask)
         labels = feature_labels(mask, x, self.n_features)
-        base = baseline_values(self.baselines if baselines is None else baselines, x)
+        base = baseline_values(layout.argument_to_channel_first(
+            self.model, self.baselines if baselines is None else baselines), x)
         counts = [int(lab.max()) + 1 for lab in labels]
         if max(counts) > 10000:
             warnings.warn(f"{self.desc}: {max(counts)} interpretable features (every element its own "
@@ -435,7 +436,8 @@ class SurrogateExplainer:
                 raise ValueError(f"the items have different numbers of features {counts}: use "
                                  "return_input_shape=True")
             return np.stack([c[:, 0] for c in coefs]).astype(np.float32)
-        return np.stack([c[lab, 0].reshape(x.shape[1:]) for c, lab in zip(coefs, labels)]).astype(np.float32)
+        attributions = np.stack([c[lab, 0].reshape(x.shape[1:]) for c, lab in zip(coefs, labels)])
+        return layout.to_input_layout(self.model, attributions.astype(np.float32))
 
     def _similarity(self) -> dict:
         return {}

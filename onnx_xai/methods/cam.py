@@ -29,6 +29,7 @@ from ..engines.cam import (CAMMethod, GraphTaps, Taps, channel_scores, default_n
 from ..errors import NonFiniteError
 from ..finite import warn_nonfinite
 from ..registry import method
+from ..surrogate_graph import surrogate_model
 
 __all__ = ["CAM", "GradCAM", "GradCAMpp", "ScoreCAM", "LayerCAM", "XGradCAM", "HiResCAM",
            "EigenCAM", "GradCAMElementWise", "default_normalizer", "minmax_normalizer",
@@ -58,9 +59,10 @@ class CAM(CAMMethod):
     def __init__(self, model: Any = None, target_layers: str | Sequence[str] | None = None,
                  fc_layers: str | None = "fc", upsampler: Callable | None = None,
                  postprocessing: Callable | None = None, batch_size: int = 8, *,
-                 nn_module: Any = None) -> None:
-        super().__init__(model, target_layers, upsampler, postprocessing, batch_size, nn_module=nn_module)
-        proto = self.model.require_proto("CAM")
+                 nn_module: Any = None, layout: str | None = None) -> None:
+        super().__init__(model, target_layers, upsampler, postprocessing, batch_size, nn_module=nn_module,
+                         layout=layout)
+        proto = surrogate_model(self.model)[0].require_proto("CAM")  # float weights (quantized models)
         if fc_layers == "fc":
             try:
                 graph.resolve_layer(proto, "fc")
@@ -229,8 +231,10 @@ class ScoreCAM(CAMMethod):
 
     def __init__(self, model: Any = None, target_layers: str | Sequence[str] | None = None,
                  upsampler: Callable | None = None, postprocessing: Callable | None = None,
-                 batch_size: int = 32, verbose: bool | None = None, *, nn_module: Any = None) -> None:
-        super().__init__(model, target_layers, upsampler, postprocessing, batch_size, nn_module=nn_module)
+                 batch_size: int = 32, verbose: bool | None = None, *, nn_module: Any = None,
+                 layout: str | None = None) -> None:
+        super().__init__(model, target_layers, upsampler, postprocessing, batch_size, nn_module=nn_module,
+                         layout=layout)
         self.verbose = self.model.verbose if verbose is None else verbose
 
     def _map(self, t: Taps, x: np.ndarray, layer: str) -> np.ndarray:

@@ -23,8 +23,10 @@ import numpy as np
 from ..engines.surrogate import (SurrogateExplainer, check_coalitions, exp_kernel, fit_linear,
                                  fit_shapley, lime_coalitions, shap_coalitions)
 from ..finite import check_number
+from ..layout import channel_first
 from ..registry import method
 from ..runtime import ModelSource
+from ..targets import as_model
 
 SURROGATES = ("lasso", "ridge", "linear")
 
@@ -52,6 +54,9 @@ class LIME(SurrogateExplainer):
             ``engines.surrogate.fit_linear`` for the objectives, scikit-learn's).
         activate: False (raw outputs, Captum), True (softmax; sigmoid for one class) or a callable.
         seed: coalitions' seed (None: fresh). output: the output read (default: the first).
+        layout: the input's layout, ``"nchw"``, ``"nhwc"`` or ``"auto"`` (None: the Model's; see
+            ``onnx_xai.layout``): ``x``, array ``feature_mask`` / ``baselines`` and the
+            attributions are in it.
     """
 
     desc = "LIME"
@@ -61,9 +66,9 @@ class LIME(SurrogateExplainer):
                  similarity_func: Callable | None = None, kernel_width: float = 1.0,
                  distance_mode: str = "cosine", surrogate: str = "lasso", alpha: float = 0.01,
                  activate: Any = False, seed: int | None = None, output: str | None = None,
-                 verbose: bool | None = None) -> None:
-        super().__init__(model, n_samples, perturbations_per_eval, feature_mask, baselines,
-                         n_features, activate, seed, output, verbose)
+                 verbose: bool | None = None, layout: str | None = None) -> None:
+        super().__init__(channel_first(as_model(model), layout), n_samples, perturbations_per_eval,
+                         feature_mask, baselines, n_features, activate, seed, output, verbose)
         if surrogate not in SURROGATES:
             raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
         if distance_mode not in ("cosine", "euclidean"):
@@ -105,9 +110,9 @@ class KernelSHAP(SurrogateExplainer):
     def __init__(self, model: ModelSource, n_samples: int = 25, perturbations_per_eval: int = 16, *,
                  feature_mask: Any = None, baselines: Any = 0.0, n_features: int = 49,
                  activate: Any = False, seed: int | None = None, output: str | None = None,
-                 verbose: bool | None = None) -> None:
-        super().__init__(model, n_samples, perturbations_per_eval, feature_mask, baselines,
-                         n_features, activate, seed, output, verbose)
+                 verbose: bool | None = None, layout: str | None = None) -> None:
+        super().__init__(channel_first(as_model(model), layout), n_samples, perturbations_per_eval,
+                         feature_mask, baselines, n_features, activate, seed, output, verbose)
         if self.n_samples < 2:
             raise ValueError(f"KernelSHAP needs n_samples >= 2 (the input and the baseline), got {n_samples}")
 

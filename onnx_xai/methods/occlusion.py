@@ -16,6 +16,7 @@ from ..engines.occlusion import Occluder, blend, occlusion_scores
 from ..errors import TOKEN_HINT
 from ..finite import check_number
 from ..kernels.occlusion import argmax_first_axis
+from ..layout import channel_first, to_channel_first
 from ..registry import method
 from ..runtime import ModelSource
 
@@ -85,6 +86,8 @@ class OcclusionSensitivity:
             (replaced by the mean of the whole image), a number (replaced by it), or a callable
             ``(x, patch) -> patch`` on ``(1, C, *spatial)`` / ``(1, C, *mask)`` arrays.
         overlap: window overlap in [0, 1).
+        layout: the input's layout, ``"nchw"``, ``"nhwc"`` or ``"auto"`` (None: the Model's;
+            see ``onnx_xai.layout``).
         activate: True → softmax over classes when the model has more than one output
             channel, else sigmoid; False → raw outputs; or a callable on the ``(b, K)`` outputs.
 
@@ -109,7 +112,8 @@ class OcclusionSensitivity:
 
     def __init__(self, model: ModelSource = None, mask_size: int | Sequence[int] = 16, n_batch: int = 16,
                  verbose: bool = True, mode: Mode = "gaussian", overlap: float = 0.6,
-                 activate: bool | Callable = True, *, nn_module: ModelSource = None) -> None:
+                 activate: bool | Callable = True, *, nn_module: ModelSource = None,
+                 layout: str | None = None) -> None:
         model = targets.model_argument(model, nn_module, "OcclusionSensitivity")  # MONAI's name: nn_module
         if isinstance(mode, str) and mode not in ("gaussian", "mean_patch", "mean_img"):
             raise ValueError(f"mode must be 'gaussian', 'mean_patch', 'mean_img', a number or a "
@@ -120,7 +124,7 @@ class OcclusionSensitivity:
         if isinstance(mode, (int, float, np.number)):
             check_number("mode (the occlusion value)", mode)
         overlap = check_number("overlap", overlap, 0.0, 1.0, open_max=True)
-        self.model = targets.as_model(model)
+        self.model = channel_first(targets.as_model(model), layout)
         self.mask_size, self.verbose = mask_size, verbose
         self.n_batch = targets.positive_int("n_batch", n_batch)
         self.mode, self.overlap, self.activate = mode, float(overlap), activate
@@ -131,7 +135,8 @@ class OcclusionSensitivity:
         """Occlusion map and most probable class.
 
         Args:
-            x: ``(1, C, H, W)`` or ``(1, C, H, W, D)``.
+            x: ``(1, C, H, W)`` or ``(1, C, H, W, D)`` (``(1, H, W, C)`` for a channel-last
+                model, see ``layout`` and ``onnx_xai.layout``; the map is channel-first).
             b_box: ``[min0, max0, min1, max1, ...]`` limits the analysis and the output to
                 ``min ≤ i < max`` per axis (max *exclusive*, as MONAI behaves; its docstring
                 says inclusive); −1 means the full extent. Windows may reach (mask−1)//2
@@ -146,7 +151,7 @@ class OcclusionSensitivity:
             is stale), cropped to ``b_box``; and ``most_probable_class`` ``(1, 1, *spatial)``
             int64, the argmax over classes.
         """
-        x = self.model.check_input(x)
+        x = self.model.check_input(to_channel_first(self.model, x))
         if x.shape[0] != 1:
             raise ValueError(f"OcclusionSensitivity expects a batch of 1, got {x.shape[0]}")
         if x.ndim < 3:
@@ -186,8 +191,8 @@ class OcclusionSensitivity:
         """The registry's protocol: ``(1, 1, *spatial)`` drop of ``target``'s score when each
         region is hidden (its score on ``x`` minus the blended occluded scores)."""
         target = targets.target(target)
-        raw = self.model.predict(x, outputs=self.model.check_outputs(target.output)[0],
-                                 extra_inputs=extra_inputs, verbose=False)
+        raw = self.model.predict(to_channel_first(self.model, x), extra_inputs=extra_inputs,
+                                 outputs=self.model.check_outputs(target.output)[0], verbose=False)
         target = target.resolve(raw)
         base = target(raw)
         occ, _ = self(x, target=target, **extra_inputs)

@@ -10,6 +10,7 @@ from .. import targets
 from ..errors import TOKEN_HINT, NonFiniteError
 from ..finite import check_finite_output, check_number, finite_rows, warn_nonfinite
 from ..kernels import rise as kern
+from ..layout import channel_first, to_channel_first
 from ..registry import method
 from ..runtime import ModelSource
 
@@ -32,6 +33,8 @@ class RISE:
         activate: True: softmax over classes (sigmoid for one class); False: raw outputs; or a
             callable ``(B, K) → (B, K)``.
         verbose: tqdm bar (None: the model's default).
+        layout: the input's layout, ``"nchw"``, ``"nhwc"`` or ``"auto"`` (None: the Model's;
+            see ``onnx_xai.layout``); maps are ``(B, n_index, *spatial)`` either way.
 
     Non-finite numbers (see ``onnx_xai.finite``): NaN / inf in ``x`` is a ``ValueError``
     (count, first index), a non-finite output on ``x`` itself a ``NonFiniteError``. Masked
@@ -42,8 +45,8 @@ class RISE:
 
     def __init__(self, model: ModelSource, n_masks: int = 4000, cell_size: int | tuple[int, ...] = 7,
                  p1: float = 0.5, n_batch: int = 32, *, seed: int | None = None,
-                 activate: Any = True, verbose: bool | None = None) -> None:
-        self.model = targets.as_model(model)
+                 activate: Any = True, verbose: bool | None = None, layout: str | None = None) -> None:
+        self.model = channel_first(targets.as_model(model), layout)
         self.n_masks = targets.positive_int("n_masks", n_masks)
         self.n_batch = targets.positive_int("n_batch", n_batch)
         cells = cell_size if isinstance(cell_size, (tuple, list)) else (cell_size,)
@@ -57,8 +60,9 @@ class RISE:
     def __call__(self, x: Any, index: Any = None, *, extra_inputs: dict | None = None) -> np.ndarray:
         """Saliency of ``x`` ``(B, C, *spatial)`` for class ``index`` (None: the top class of each item;
         an int; or a sequence of classes; or an ``onnx_xai.targets`` target, scored with its own
-        activation) → ``(B, n_index, *spatial)`` float32."""
-        x = self.model.check_input(x)
+        activation) → ``(B, n_index, *spatial)`` float32. ``x`` is in the input's layout
+        (``(B, *spatial, C)`` for a channel-last model, see ``onnx_xai.layout``)."""
+        x = self.model.check_input(to_channel_first(self.model, x))
         if x.dtype.kind != "f":
             raise ValueError(f"RISE multiplies the input by soft masks, which needs a floating-point "
                              f"input; the model's input {self.model.input_name!r} is {x.dtype.name} "
@@ -109,9 +113,9 @@ class RISE:
         return np.stack(result).reshape(len(x), -1, *spatial).astype(np.float32)
 
 
-    def explain(self, x: np.ndarray, target: targets.Target) -> np.ndarray:
+    def explain(self, x: np.ndarray, target: targets.Target, **extra_inputs) -> np.ndarray:
         """The registry's protocol: ``(B, 1, *spatial)`` RISE map of ``target``."""
-        return self(x, target)
+        return self(x, target, extra_inputs=extra_inputs or None)
 
 
 def _item(extra: dict | None, item: int, n: int) -> dict | None:

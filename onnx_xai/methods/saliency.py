@@ -26,6 +26,7 @@ from .. import targets
 from ..engines.saliency import Sampling, add_per_image, ig_alphas_weights, sample_gradients
 from ..errors import NonFiniteError
 from ..finite import check_finite_array, check_finite_output
+from ..layout import argument_to_channel_first, channel_first, to_channel_first, to_input_layout
 from ..registry import method
 from ..runtime import ModelSource
 
@@ -42,6 +43,8 @@ class VanillaGrad:
         model: anything ``Model`` accepts; a classifier with output ``(B, K)``.
         batch_size: most samples per gradient run (CPU runs are cut to cache size, see
             ``autodiff.RUN_BYTES``). output: the output read (default: the first).
+        layout: the input's layout, ``"nchw"``, ``"nhwc"`` or ``"auto"`` (None: the Model's;
+            see ``onnx_xai.layout``): ``x`` and the returned attributions are in it.
 
     ``index`` of a call: None (each image's argmax class), an int, one int per image, or any
     ``onnx_xai.targets`` target (a class through softmax, a region of a dense output, ...).
@@ -49,8 +52,9 @@ class VanillaGrad:
 
     guided = False
 
-    def __init__(self, model: ModelSource, *, batch_size: int = 16, output: str | None = None) -> None:
-        self.model = targets.as_model(model)
+    def __init__(self, model: ModelSource, *, batch_size: int = 16, output: str | None = None,
+                 layout: str | None = None) -> None:
+        self.model = channel_first(targets.as_model(model), layout)
         self.batch_size = targets.positive_int("batch_size", batch_size)
         self.output = self.model.check_outputs(output)[0]
 
@@ -60,12 +64,16 @@ class VanillaGrad:
 
     def __call__(self, x: np.ndarray, index: Any = None, **extra_inputs) -> np.ndarray:
         """``(N, C, *spatial)`` gradients of each image's target score."""
-        x = self.model.check_input(x)
+        x = self._input(x)
         out = np.empty_like(x)
         sampling = Sampling(1, lambda i, _: x[i])
         for images, _, res in sample_gradients(self, x, sampling, self.target(index), extra_inputs):
             out[images] = res["gradients"][self.model.input_name]
-        return out
+        return to_input_layout(self.model, out)
+
+    def _input(self, x: Any) -> np.ndarray:
+        """``x`` in the input's layout → checked, channel-first."""
+        return self.model.check_input(to_channel_first(self.model, x))
 
     def explain(self, x: np.ndarray, target: targets.Target) -> np.ndarray:
         """The registry's protocol: ``(N, C, *spatial)`` attributions of ``target``."""
@@ -104,15 +112,15 @@ class SmoothGrad(VanillaGrad):
 
     def __init__(self, model: ModelSource, stdev_spread: float = 0.15, n_samples: int = 25,
                  magnitude: bool = True, verbose: bool = True, *, seed: int | None = None,
-                 batch_size: int = 16, output: str | None = None) -> None:
-        super().__init__(model, batch_size=batch_size, output=output)
+                 batch_size: int = 16, output: str | None = None, layout: str | None = None) -> None:
+        super().__init__(model, batch_size=batch_size, output=output, layout=layout)
         self.stdev_spread = targets.check_number("stdev_spread", stdev_spread, 0.0)
         self.n_samples = targets.positive_int("n_samples", n_samples)
         self.magnitude, self.verbose, self.seed = bool(magnitude), verbose, seed
 
     def __call__(self, x: np.ndarray, index: Any = None, **extra_inputs) -> np.ndarray:
         """``(N, C, *spatial)`` smoothed gradients."""
-        x = self.model.check_input(x)
+        x = self._input(x)
         axes = tuple(range(1, x.ndim))
         std = (self.stdev_spread * (x.max(axes) - x.min(axes))).astype(x.dtype)
         rng = np.random.default_rng(self.seed)
@@ -136,7 +144,7 @@ class SmoothGrad(VanillaGrad):
             np.add.at(count, images, res["finite"])
         if self.magnitude:
             total = np.sqrt(total)
-        return (total / count.reshape((-1,) + (1,) * len(axes))).astype(x.dtype)
+        return to_input_layout(self.model, (total / count.reshape((-1,) + (1,) * len(axes))).astype(x.dtype))
 
 
 @method("guided-smoothgrad", kind="gradient", summary="SmoothGrad of guided backpropagation",
@@ -152,8 +160,8 @@ class InputXGradient(VanillaGrad):
     """``captum.attr.InputXGradient``: x · d score / d x."""
 
     def __call__(self, x: np.ndarray, index: Any = None, **extra_inputs) -> np.ndarray:
-        x = self.model.check_input(x)
-        return x * super().__call__(x, index, **extra_inputs)
+        grads = super().__call__(x, index, **extra_inputs)  # checks x
+        return np.asarray(x).astype(grads.dtype) * grads
 
     @staticmethod
     def graph_rule(b: Any, taps: Any) -> str:
@@ -181,8 +189,9 @@ class IntegratedGradients(VanillaGrad):
 
     def __init__(self, model: ModelSource, baseline: Baseline = "zeros", n_steps: int = 50,
                  method: str = "gausslegendre", internal_batch_size: int = 16, *,
-                 seed: int | None = None, output: str | None = None, verbose: bool = False) -> None:
-        super().__init__(model, batch_size=internal_batch_size, output=output)
+                 seed: int | None = None, output: str | None = None, verbose: bool = False,
+                 layout: str | None = None) -> None:
+        super().__init__(model, batch_size=internal_batch_size, output=output, layout=layout)
         if isinstance(baseline, str) and baseline not in ("zeros", "uniform"):
             raise ValueError(f"baseline must be 'zeros', 'uniform', a number or an array, got {baseline!r}")
         if not isinstance(baseline, str):
@@ -200,13 +209,14 @@ class IntegratedGradients(VanillaGrad):
             lo, hi = (v.reshape((-1,) + (1,) * len(axes)) for v in (x.min(axes), x.max(axes)))
             u = np.random.default_rng(self.seed).random(x.shape, dtype=np.float32)
             return (lo + u * (hi - lo)).astype(x.dtype)
-        return targets.broadcast_to_input("baseline", self.baseline, x)
+        base = argument_to_channel_first(self.model, self.baseline)  # given in the input's layout
+        return targets.broadcast_to_input("baseline", base, x)
 
     def __call__(self, x: np.ndarray, index: Any = None, return_convergence_delta: bool = False,
                  **extra_inputs) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """``(N, C, *spatial)`` attributions; with ``return_convergence_delta`` also Captum's
         ``(N,)`` delta = Σ attributions − (f(x) − f(baseline)) for the explained target."""
-        x = self.model.check_input(x)
+        x = self._input(x)
         fx = self._outputs(x, extra_inputs)  # f(x): the target, the delta, and checked finite
         check_finite_output(fx, f"output {self.output!r}")
         target = self.target(index).resolve(fx)  # None: each image's top class at x
@@ -224,12 +234,13 @@ class IntegratedGradients(VanillaGrad):
             add_per_image(total, images, g * self.weights[steps].reshape((-1,) + (1,) * (x.ndim - 1)))
         attr = (total * diff).astype(x.dtype)
         if not return_convergence_delta:
-            return attr
+            return to_input_layout(self.model, attr)
         fb = target(self._outputs(base, extra_inputs))
         if not np.isfinite(fb).all():
             raise NonFiniteError("IntegratedGradients: the model's output is not finite (NaN or "
                                  "inf) at the baseline: the convergence delta cannot be computed")
-        return attr, attr.reshape(len(x), -1).sum(1, dtype=np.float64) - (target(fx) - fb)
+        delta = attr.reshape(len(x), -1).sum(1, dtype=np.float64) - (target(fx) - fb)
+        return to_input_layout(self.model, attr), delta
 
     def _outputs(self, x, extra):
         return self.model.predict(x, outputs=self.output, batch_size=self.batch_size,
