@@ -221,3 +221,29 @@ def test_registered_and_the_cli_runs_them_on_the_vit(hf_vit, images, tmp_path):
         ref = upsampled(grid(rows, 1, (4, 4)), (IMG, IMG))[0, 0]
         ref = (ref - ref.min()) / (ref.max() - ref.min())
         np.testing.assert_allclose(np.load(tmp_path / "o" / f"img_npy_{name}.npy"), ref, atol=1e-4)
+
+
+def test_bert_token_rollouts_equal_the_references():
+    """A HF BERT classifier (``torch_models.tiny_bert``: sdpa attention exported, dynamic batch
+    and length) on ids with padding: per-token [CLS] rows (its own entry set to the row's
+    minimum, as the authors' BERT code) against torch's eager attention of the same weights."""
+    net, data = torch_models.tiny_bert()
+    ids = np.random.default_rng(0).integers(5, 100, (2, 9))
+    mask = np.ones_like(ids)
+    mask[1, 7:], ids[1, 7:] = 0, 0
+    net.config._attn_implementation = "eager"
+    out = net(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask), output_attentions=True)
+    atts = [a.detach().double() for a in out.attentions]
+    grads = torch.autograd.grad(out.logits[:, 1].sum(), out.attentions)
+
+    def cls_rows(rows):
+        rows = rows.copy()
+        rows[:, 0] = rows.min(1)
+        return rows
+    model = Model(data, device="cpu")
+    extra = {"attention_mask": mask}
+    raw = AttentionRollout(model).compute_map(ids, extra_inputs=extra)
+    assert raw.shape == (2, 9) and np.all(raw[1, 7:] < 1e-6)  # padding gets no attention
+    np.testing.assert_allclose(raw, cls_rows(paper_rollout([a.numpy() for a in atts])), rtol=1e-5, atol=1e-7)
+    grad = GradientRollout(model, postprocessing=identity).explain(ids, ClassTarget(index=1), extra)
+    np.testing.assert_allclose(grad, cls_rows(chefer_relevance(atts, grads)), rtol=1e-4, atol=1e-8)

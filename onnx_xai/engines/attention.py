@@ -73,6 +73,7 @@ def _layout(model: Model, sample_shape: tuple[int, ...]) -> AttentionLayout:
         raise UnsupportedModelError(_NO_ATTENTION.format(what="this model has no Softmax node"))
     batch = model.input.shape[0] if isinstance(model.input.shape[0], int) else 1  # a pinned batch
     inputs = {model.input_name: (batch,) + sample_shape}
+    inputs.update({k: (batch,) + v for k, v in other_shapes(model, sample_shape).items()})
     static = graph.static_shapes(proto, inputs)
     shapes = graph.tensor_shapes(static)
     tensors = [t for t in softmax_outputs(static)
@@ -94,6 +95,21 @@ def _layout(model: Model, sample_shape: tuple[int, ...]) -> AttentionLayout:
                                     f"the input is {model.input.describe()}")
     prefix, grid = patch_grid(GridFinder(proto, inputs, static=static), tokens)
     return AttentionLayout(tuple(tensors), tokens, prefix, grid)
+
+
+def other_shapes(model: Model, sample_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """Per-sample shapes of the model's other inputs: their declared ones, or the explained
+    input's where the rank is the same (a token model's ``attention_mask``, ``token_type_ids``)."""
+    out = {}
+    for info in model.inputs:
+        dims = tuple(info.shape[1:])
+        if info.name == model.input_name:
+            continue
+        if len(dims) == len(sample_shape) and not all(isinstance(d, int) for d in dims):
+            dims = tuple(sample_shape)
+        if all(isinstance(d, int) for d in dims):
+            out[info.name] = dims
+    return out
 
 
 def patch_grid(finder: GridFinder, tokens: int) -> tuple[int, tuple[int, ...]]:
@@ -136,7 +152,7 @@ def attention_gradients(model: Model, x: np.ndarray, layout: AttentionLayout, ta
     tensors = list(layout.tensors)
     gm = gradient_model(model, tensors, output=target.output, batch_size=min(len(x), batch_size),
                         input_shape=x.shape[1:], activation=target.activation,
-                        extra_shapes=_extra_shapes(extra_inputs))
+                        extra_shapes=other_shapes(model, x.shape[1:]))
     res = gm.run(x, target, extra_inputs=extra_inputs)
     check_finite_output(res["outputs"][gm.output], f"output {gm.output!r}")
     acts, grads = [], []
@@ -146,13 +162,6 @@ def attention_gradients(model: Model, x: np.ndarray, layout: AttentionLayout, ta
         check_finite_output(acts[-1], f"the attention {t!r}")
         check_finite_output(grads[-1], f"the gradient of the target w.r.t. the attention {t!r}")
     return acts, grads
-
-
-def _extra_shapes(extra_inputs: dict | None) -> dict | None:
-    """Per-sample shapes of the model's other inputs (token models' ``attention_mask`` ...)."""
-    if not extra_inputs:
-        return None
-    return {k: np.shape(v)[1:] for k, v in extra_inputs.items()}
 
 
 # ---------------------------------------------------------------------------- rollout
@@ -201,10 +210,13 @@ def gradient_rollout(attentions: Sequence[np.ndarray], gradients: Sequence[np.nd
 def token_map(r: np.ndarray, layout: AttentionLayout) -> np.ndarray:
     """The class token's row of ``r`` ``(N, T, T)`` over the patch tokens, folded to
     ``(N, 1, h, w)`` (the mean row where the model has no prefix token); for token inputs
-    (no grid), the row over all ``T`` tokens ``(N, 1, T)``."""
+    (no grid), the first token's ([CLS]) row over all ``T`` tokens ``(N, T)``, its own entry
+    (the identity's 1, dwarfing the others) set to the row's minimum as the authors' BERT code."""
     row = r[:, 0] if layout.prefix or not layout.grid else r.mean(1)
     if not layout.grid:
-        return row[:, None].astype(np.float32)
+        row = row.copy()
+        row[:, 0] = row.min(1)
+        return row.astype(np.float32)
     return row[:, layout.prefix:].reshape((len(r), 1) + layout.grid).astype(np.float32)
 
 
@@ -238,8 +250,9 @@ class AttentionMethod:
 
     def compute_map(self, x: np.ndarray, class_idx: Any = None, *, extra_inputs: dict | None = None
                     ) -> np.ndarray:
-        """Raw map ``(B, 1, h, w)`` on the patch grid (``(B, 1, T)`` over the tokens of a
-        token input); ``class_idx``: None (argmax), an int, B ints or a ``Target``."""
+        """Raw map ``(B, 1, h, w)`` on the patch grid (``(B, T)`` over the tokens of token ids
+        ``(B, T)``); ``class_idx``: None (argmax), an int, B ints or a ``Target``;
+        ``extra_inputs``: the model's other inputs (``attention_mask``, ...)."""
         x = self.model.check_input(x)
         lay = self.layout(x.shape[1:])
         if self.gradients:
@@ -256,15 +269,15 @@ class AttentionMethod:
     def __call__(self, x: np.ndarray, class_idx: Any = None, *, extra_inputs: dict | None = None
                  ) -> np.ndarray:
         """``postprocessing(upsampler(spatial size)(compute_map(...)))`` → ``(B, 1, H, W)``
-        (token inputs: ``(B, 1, T)``, not resized)."""
+        (token ids: ``postprocessing(compute_map(...))``, ``(B, T)``)."""
         raw = self.compute_map(x, class_idx, extra_inputs=extra_inputs)
         if raw.ndim == 4:
             raw = self.upsampler(np.shape(x)[2:])(raw)
         return np.asarray(self.postprocessing(raw))
 
-    def explain(self, x: np.ndarray, target: targets.Target) -> np.ndarray:
-        """The registry's protocol: ``(B, 1, *spatial)`` post-processed map of ``target``."""
-        return self(x, target)
+    def explain(self, x: np.ndarray, target: targets.Target, extra_inputs: dict | None = None) -> np.ndarray:
+        """The registry's protocol: ``(B, 1, H, W)`` (token ids: ``(B, T)``) post-processed map."""
+        return self(x, target, extra_inputs=extra_inputs)
 
     def _rollout(self, attentions: list[np.ndarray], gradients: list[np.ndarray] | None) -> np.ndarray:
         raise NotImplementedError
