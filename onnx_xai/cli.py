@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import assets, cli_methods, graph
+from . import assets, cli_dense, cli_methods, graph, tokens
 from .audit import (Config, Explainer, OutputError, RunOptions, audit_folder, check_output_file, collect_inputs,
                     input_keys, prepare_output_folder, run_audit, write_file)
 from .errors import OnnxXaiError, one_line
@@ -57,6 +57,13 @@ def _option(text: str) -> tuple[str, object]:
         return key, value
 
 
+def _extra(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE.npy, got {text!r}")
+    return name, path
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("running")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
@@ -84,7 +91,11 @@ def _explaining(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mean", type=_floats, default=None, help="per-channel mean, e.g. 0.485,0.456,0.406")
     g.add_argument("--std", type=_floats, default=None, help="per-channel std")
     g.add_argument("--scale", type=float, default=None, help="pixel scale before mean/std (default 1/255)")
-    g.add_argument("--layout", choices=["nchw", "nhwc"], default=None)
+    g.add_argument("--layout", choices=["nchw", "nhwc"], default=None,
+                   help="the model input's layout (default: the sidecar's, else guessed from its shape)")
+    g.add_argument("--extra", type=_extra, action="append", default=[], metavar="NAME=FILE.npy",
+                   help="another input of the model: one sample's array (or a batch of 1) for every "
+                        "input, or one row per input in the order given (repeatable)")
     g.add_argument("--labels", default=None, help="class names, one per line")
 
 
@@ -92,6 +103,7 @@ def _config(args: argparse.Namespace, methods: list[str], metric_steps: int) -> 
     options = {k: getattr(args, k) for k in ("layer", "batch", "mask_size", "overlap", "stride", "n_masks",
                                              "samples", "steps", "seed")}
     options["extra"] = dict(args.option)
+    options["extra_inputs"] = dict(getattr(args, "extra", None) or [])
     prep = {k: getattr(args, k) for k in ("size", "mean", "std", "scale", "layout", "labels")}
     return Config(model=str(args.model), methods=methods, options=options, target=args.target,
                   device=args.device, threads=args.threads, prep=prep, metric_steps=metric_steps,
@@ -105,7 +117,7 @@ def _check_model(args: argparse.Namespace, methods: list[str]) -> None:
         raise ValueError(f"--overlap must be in [0, 1), got {args.overlap}")
     if methods == ["embedded"]:
         return
-    model = Model(args.model, device="cpu", verbose=False)
+    model = Model(args.model, device="cpu", verbose=False, layout=args.layout or "auto")
     if args.layer and any(cli_methods.get(m).kind == "cam" for m in methods):
         graph.resolve_layer(model.require_proto("resolving --layer"), args.layer)
     cli_methods.check_options(methods, _config(args, methods, 0).options, model, read_sidecar(args.model))
@@ -144,13 +156,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
     _check_model(args, methods)
     out = Path(args.out)
     files = _inputs(args.inputs, out, args.quiet)
+    if cli_dense.wanted(args):  # a segmentation region or a detection, not a class
+        prepare_output_folder(out)
+        return cli_dense.explain(args, methods, _config(args, methods, 0), files, out)
     explainer = Explainer(_config(args, methods, args.metric_steps))
     prepare_output_folder(out)
     records = []
-    for f, key in tqdm(list(zip(files, input_keys(files))), unit="input", desc="explain",
-                       disable=args.quiet or len(files) == 1):
+    for item, (f, key) in enumerate(tqdm(list(zip(files, input_keys(files))), unit="input", desc="explain",
+                                         disable=args.quiet or len(files) == 1)):
         try:
-            rec = explainer.explain(f, out, prefix=f"{key}_")
+            rec = explainer.explain(f, out, prefix=f"{key}_", item=item)
         except OutputError:  # the output, not the input: stop with one line
             raise
         except Exception as exc:  # reported, the other inputs go on
@@ -166,22 +181,42 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    """Print the candidate target layers as a table."""
+    """Print the candidate target layers as a table; * marks the automatic CAM layer, ``grid``
+    how a token layer folds (class tokens + patch grid, see ``onnx_xai.tokens``)."""
     model = Model(args.model, device="cpu", verbose=False)
     layers = model.layers(args.shape)
+    why = None
     try:
-        default = cli_methods.default_layer(model, read_sidecar(args.model))
-    except ValueError:
-        default = None
-    rows = [("", "node", "op", "shape", "tensor")] + [
-        ("*" if l.node == default else "", l.node, l.op_type,
-         "?" if l.shape is None else "x".join("?" if s is None else str(s) for s in l.shape), l.tensor)
+        default = cli_methods.default_layer(model, read_sidecar(args.model), args.shape)
+    except ValueError as exc:
+        default, why = None, one_line(exc)
+    grids = _token_grids(model, args.shape, layers)
+    rows = [("", "node", "op", "shape", "grid", "tensor")] + [
+        ("*" if default in (l.node, l.tensor) else "", l.node, l.op_type,
+         "?" if l.shape is None else "x".join("?" if s is None else str(s) for s in l.shape),
+         grids.get(l.tensor, ""), l.tensor)
         for l in layers]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4])
-    print(f"\n{len(layers)} layers" + (f"; * = default CAM layer ({default})" if default else ""))
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[5])
+    shown = next((l.node for l in layers if default in (l.node, l.tensor)), default)
+    print(f"\n{len(layers)} layers" + (f"; * = default CAM layer ({shown})" if default else ""))
+    if why:
+        print(f"no automatic CAM layer: {why}")
     return 0
+
+
+def _token_grids(model: Model, shape: tuple | None, layers: list) -> dict[str, str]:
+    """Tensor → how it folds to a channel-first grid, for the token layers among ``layers``."""
+    per_sample = tuple(shape) if shape is not None else tuple(model.input.shape[1:])
+    if not all(isinstance(s, int) for s in per_sample) or len(per_sample) != 3:
+        return {}
+    try:
+        finder = tokens.GridFinder(model.require_proto("listing layers"), {model.input_name: (1,) + per_sample})
+    except Exception:  # the listing is best effort: no grid column
+        return {}
+    folds = {l.tensor: finder.fold(l.tensor) for l in layers if l.shape is not None and len(l.shape) in (3, 4)}
+    return {t: f.describe() for t, f in folds.items() if f is not None}
 
 
 def _inputs(paths: list[str], out: Path, quiet: bool) -> list[Path]:
@@ -279,7 +314,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_output_file(args.out)  # before the work: a bad -o is one line, at once
     proto = export_explainer(args.model, args.method, target_layers=args.layer,
                              class_idx=args.class_idx, upsample=not args.no_upsample,
-                             normalize=not args.no_normalize, activation=args.activation)
+                             normalize=not args.no_normalize, activation=args.activation,
+                             layout=args.layout)
     path = write_file(args.out, proto.SerializeToString())
     sidecar = Path(args.model).with_suffix(".json")
     if sidecar.is_file():  # the same preprocessing for `onnx-xai explain` of the exported model
@@ -333,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--metric-steps", type=int, default=0,
                          help="also compute deletion/insertion AUC with this many steps (default: off)")
     _explaining(explain)
+    cli_dense.add_arguments(explain.add_argument_group("segmentation regions and detections"))
     _common(explain)
     explain.set_defaults(func=cmd_explain)
 
@@ -378,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-normalize", action="store_true", help="raw CAM values")
     export.add_argument("--activation", choices=["none", "softmax", "sigmoid"], default="none",
                         help="explain the class logit (none) or its softmax / sigmoid probability")
+    export.add_argument("--layout", choices=["nchw", "nhwc"], default=None,
+                        help="the model input's layout (default: the sidecar's, else guessed from its shape)")
     export.add_argument("-o", "--out", required=True, help="output .onnx file")
     export.add_argument("--debug", action="store_true", help="show tracebacks")
     export.set_defaults(func=cmd_export)

@@ -13,7 +13,9 @@ from typing import Any, Callable
 import numpy as np
 
 from . import registry, targets
+from .autolayer import auto_layer
 from .engines.cam import minmax_normalizer
+from .errors import UnsupportedModelError
 from .registry import MethodInfo
 from .runtime import Model
 
@@ -41,17 +43,16 @@ def parse_methods(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def default_layer(model: Model, sidecar: dict) -> str:
-    """The CAM layer: the sidecar's ``cam_layer``, else the last layer with a spatial extent."""
+def default_layer(model: Model, sidecar: dict, input_shape: tuple | None = None) -> str:
+    """The CAM layer: the sidecar's ``cam_layer``, else the automatic one
+    (``onnx_xai.autolayer.auto_layer`` at per-sample ``input_shape``, default the model's);
+    ``ValueError`` saying why there is none, with candidates."""
     if sidecar.get("cam_layer"):
         return str(sidecar["cam_layer"])
-    layers = [l for l in model.layers() if l.shape and len(l.shape) in (4, 5) and
-              all(isinstance(s, int) and s > 1 for s in l.shape[2:])]
-    if not layers:
-        raise ValueError("cannot find a convolutional layer for CAM; pass --layer NAME "
-                         "(see `onnx-xai layers MODEL`)")
-    order = {node.name: i for i, node in enumerate(model.proto.graph.node)}
-    return max(layers, key=lambda l: order.get(l.node, -1)).node
+    try:
+        return auto_layer(model, input_shape).tensor
+    except UnsupportedModelError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def parameters(method: MethodInfo) -> list[str]:
@@ -124,23 +125,59 @@ def _to_map(result: Any, spatial: tuple[int, ...]) -> np.ndarray:
     raise ValueError(f"method returned shape {arr.shape}, expected a map over {spatial}")
 
 
-def run(name: str, model: Model, x: np.ndarray, target: int, options: dict, sidecar: dict,
-        verbose: bool = False) -> tuple[np.ndarray, dict]:
-    """Explain ``x`` ``(1, C, *spatial)`` for class ``target`` → (map over ``spatial``, parameters used).
+def run(name: str, model: Model, x: np.ndarray, target: int | targets.Target, options: dict, sidecar: dict,
+        verbose: bool = False, extra_inputs: dict | None = None) -> tuple[np.ndarray, dict]:
+    """Explain ``x`` ``(1, C, *spatial)`` for class ``target`` (or any ``Target``: a region, a
+    detection) → (map over ``spatial``, parameters used).
 
     The class target is the logit, or its softmax probability for methods registered with
-    ``score="softmax"`` (occlusion, RISE: the probability drop / weight)."""
+    ``score="softmax"`` (occlusion, RISE: the probability drop / weight). ``extra_inputs``:
+    the model's other inputs for ``x`` (see ``extra_for``)."""
     method = get(name)
     params = _constructor_arguments(method, method_arguments(name, options), model, sidecar)
     spatial = tuple(x.shape[2:])
     takes_verbose = "verbose" in inspect.signature(method.impl).parameters
     run_params = dict(params, verbose=verbose) if takes_verbose else params
     if method.kind == "matlab":  # a MATLAB-style function of one observation
-        result = _build(name, lambda: method.impl(model, x[0], target, **run_params), options)
+        extra = {"extra_inputs": extra_inputs} if extra_inputs else {}
+        result = _build(name, lambda: method.impl(model, x[0], target, **run_params, **extra), options)
         return _to_map(result, spatial), _recordable(params)
     explainer = _build(name, lambda: method.impl(model, **run_params), options)
-    result = explainer.explain(x, targets.ClassTarget(index=target, activation=method.score))
+    if not isinstance(target, targets.Target):
+        target = targets.ClassTarget(index=target, activation=method.score)
+    result = explainer.explain(x, target, **(extra_inputs or {}))
     return _to_map(result, spatial), _recordable(params)
+
+
+def extra_arrays(model: Model, files: dict[str, str] | None) -> dict[str, np.ndarray]:
+    """``--extra NAME=FILE.npy`` inputs read and checked against ``model``'s other inputs
+    (names, dtypes, finite); ``ValueError`` naming the file or the input otherwise."""
+    arrays = {}
+    for name, path in (files or {}).items():
+        try:
+            arrays[name] = np.load(path, allow_pickle=False)
+        except Exception as exc:  # numpy raises several types for bad files
+            raise ValueError(f"--extra {name}={path}: cannot read it as a .npy array: {exc}") from None
+    return model.check_extra_inputs(arrays) if arrays or len(model.inputs) > 1 else {}
+
+
+def extra_for(model: Model, extra: dict[str, np.ndarray], item: int | None) -> dict[str, np.ndarray]:
+    """The extra inputs of one explained input: an array shaped like one sample (no batch
+    axis) gets one; a batch of 1 is used as it is (every input); a leading axis of N > 1
+    holds one row per input, in the order given (``item``: this input's index)."""
+    out = {}
+    for name, value in extra.items():
+        declared = next(i for i in model.inputs if i.name == name).shape
+        if value.ndim == len(declared) - 1:
+            value = value[None]
+        if value.ndim == len(declared) and value.shape[0] > 1 and not isinstance(declared[0], int):
+            if item is None or item >= value.shape[0]:
+                raise ValueError(f"--extra {name}: {value.shape[0]} rows (one per input) but input "
+                                 f"{'?' if item is None else item + 1} has none; give one row per "
+                                 "input, or one for all")
+            value = value[item:item + 1]
+        out[name] = value
+    return out
 
 
 def _recordable(params: dict) -> dict:

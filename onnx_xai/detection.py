@@ -201,7 +201,7 @@ class Detection:
 
 def guess_spec(model: Model) -> DetectionSpec:
     """A spec from the output names and shapes: ``boxes``/``scores``/``classes`` outputs → NMS;
-    one 3D output ``(B, a, b)`` → YOLOv8 layout when a < b, else YOLOv5's."""
+    a 3D first output ``(B, a, b)`` → YOLOv5's ``(B, N, 5 + C)`` when a > b ≥ 6, else YOLOv8's."""
     names = set(model.output_names)
     if {"boxes", "scores", "classes"} <= names:
         return DetectionSpec.nms()
@@ -210,7 +210,7 @@ def guess_spec(model: Model) -> DetectionSpec:
         raise UnsupportedModelError(f"cannot tell how to decode the outputs {model.output_names} of this "
                                     "model: give a DetectionSpec (yolov8(), yolov5(), nms(...) or fields)")
     a, b = shape[1], shape[2]
-    if isinstance(a, int) and isinstance(b, int) and a > b:
+    if isinstance(a, int) and isinstance(b, int) and a > b >= 6:  # (B, N, 5 + C), C >= 1
         return DetectionSpec.yolov5(model.output_names[0])
     return DetectionSpec.yolov8(model.output_names[0])
 

@@ -230,3 +230,36 @@ def test_bad_arguments():
         ox.DRISE(model, n_masks=4).explain(np.zeros((1, 1, 64, 64), np.float32), (0, 0, 8, 8))
     with pytest.raises(UnsupportedModelError, match="neck"):
         det.neck_layer(model)
+
+
+def test_cli_explains_a_detection_and_a_segmentation_region(tmp_path):
+    """`onnx-xai explain --detection 0` on the toy detector and `--region mask.png --target-class 1`
+    on the toy segmenter write overlays whose maps peak on the explained object, with the
+    detection's box drawn (white pixels along its edges)."""
+    import cv2
+    from onnx_xai.cli import main
+
+    x, masks = synthetic.detection_scene(1, seed=1)
+    np.save(tmp_path / "scene.npy", x[0])
+    onnx.save(synthetic.toy_detector(), tmp_path / "det.onnx")
+    onnx.save(synthetic.toy_segmenter(), tmp_path / "seg.onnx")
+    cv2.imwrite(str(tmp_path / "mask.png"), masks[2].astype(np.uint8) * 255)
+    out = tmp_path / "out"
+    assert main(["explain", str(tmp_path / "det.onnx"), str(tmp_path / "scene.npy"), "--method", "drise,vanilla",
+                 "--detection", "0", "--n-masks", "200", "--out", str(out / "det"), "--quiet"]) == 0
+    found = det.detect(ox.Model(synthetic.toy_detector().SerializeToString()), x, det.DetectionSpec.yolov8())[0]
+    k = found[0].anchor
+    for name in ("drise", "vanilla"):
+        smap = np.load(out / "det" / f"scene_npy_{name}.npy")
+        assert ox.metrics.pointing_game(np.abs(smap)[None, None], masks[k])[0]
+        png = cv2.imread(str(out / "det" / f"scene_npy_{name}.png"))
+        x0, y0 = (int(np.floor(v)) for v in found[0].box[:2])
+        assert (png[y0, x0 + 2:x0 + 8] == 255).all()  # the box's top edge
+    assert main(["explain", str(tmp_path / "seg.onnx"), str(tmp_path / "scene.npy"), "--method", "occlusion,vanilla",
+                 "--region", str(tmp_path / "mask.png"), "--target-class", "1", "--out", str(out / "seg"),
+                 "--quiet"]) == 0
+    for name in ("occlusion", "vanilla"):
+        smap = np.load(out / "seg" / f"scene_npy_{name}.npy")
+        assert ox.metrics.pointing_game(np.abs(smap)[None, None], masks[2])[0]
+    assert main(["explain", str(tmp_path / "det.onnx"), str(tmp_path / "scene.npy"), "--method", "drise",
+                 "--detection", "7", "--out", str(out / "bad"), "--quiet"]) == 2

@@ -1,4 +1,5 @@
-"""Bounding boxes around the hottest regions of a saliency map, and drawing them."""
+"""Bounding boxes around the hottest regions of a saliency map; drawing boxes, region outlines
+and heatmaps with both (detections, segmentation regions)."""
 from __future__ import annotations
 
 from typing import NamedTuple, Sequence
@@ -6,7 +7,8 @@ from typing import NamedTuple, Sequence
 import cv2
 import numpy as np
 
-from .colors import as_array, image_to_rgb_float, normalize
+from .colorbars import add_colorbar
+from .colors import as_array, image_to_rgb_float, normalize, overlay_with_scale
 
 
 class Box(NamedTuple):
@@ -70,3 +72,44 @@ def draw_boxes(image, boxes: Sequence, color=(255, 0, 0), thickness: int = 2,
             cv2.putText(out, str(labels[i]), (x0 + 3, y0 + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                         tuple(int(c) for c in color), 1, cv2.LINE_AA)
     return out
+
+
+#: outline colours of classes (RGB), cycled by class index
+CLASS_COLORS = ((255, 255, 255), (255, 64, 64), (64, 255, 64), (64, 128, 255), (255, 255, 64), (255, 64, 255))
+
+
+def draw_region(image, mask, color=(255, 255, 255), thickness: int = 1) -> np.ndarray:
+    """The outline of a region ``mask`` ``(h, w)`` (nonzero = inside; resized nearest to the
+    image) drawn on a copy of ``image`` ``(H, W[, 3])`` → ``(H, W, 3)`` uint8 RGB."""
+    out = np.round(image_to_rgb_float(image) * 255).astype(np.uint8)
+    m = as_array(mask, "mask")
+    if m.ndim != 2:
+        raise ValueError(f"mask must be 2D (h, w), got shape {m.shape}")
+    m = cv2.resize((m != 0).astype(np.uint8), (out.shape[1], out.shape[0]), interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, tuple(int(c) for c in color), int(thickness))
+    return out
+
+
+def scale_boxes(boxes: Sequence, from_size: Sequence[int], to_size: Sequence[int]) -> list[tuple[int, int, int, int]]:
+    """Boxes ``(x0, y0, x1, y1)`` in a ``from_size`` (H, W) picture → integer boxes in ``to_size``."""
+    sy, sx = to_size[0] / from_size[0], to_size[1] / from_size[1]
+    return [(int(np.floor(b[0] * sx)), int(np.floor(b[1] * sy)), max(int(np.ceil(b[2] * sx)), int(np.floor(b[0] * sx)) + 1),
+             max(int(np.ceil(b[3] * sy)), int(np.floor(b[1] * sy)) + 1)) for b in boxes]
+
+
+def overlay_with_boxes(image, map, boxes: Sequence = (), labels: Sequence[str] | None = None, *,
+                       regions: Sequence = (), colors: Sequence | None = None, percentile: float | None = None,
+                       colorbar: bool = True) -> np.ndarray:
+    """The heatmap ``map`` over ``image`` (:func:`overlay_with_scale`) with ``boxes`` (image
+    pixels, end exclusive) drawn on top, each with its label, and the outlines of ``regions``
+    (2D masks, one colour each from ``colors`` / ``CLASS_COLORS``), then the colour bar →
+    ``(H, W', 3)`` uint8."""
+    picture, scale = overlay_with_scale(image, map, percentile=percentile)
+    colors = list(colors or CLASS_COLORS)
+    for i, mask in enumerate(regions):
+        picture = draw_region(picture, mask, colors[i % len(colors)])
+    for i, box in enumerate(boxes):
+        picture = draw_boxes(picture, [box], colors[i % len(colors)], 1,
+                             None if labels is None else [labels[i]])
+    return add_colorbar(picture, scale) if colorbar else picture
