@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,13 @@ import cv2
 import numpy as np
 
 from . import cli_methods, detection
-from .audit import Config, input_keys, write_file, write_json
+from .audit import Config, input_keys, input_picture, write_file, write_json
 from .preprocess import ImageSpec, Sample, load_sample, read_sidecar
+from .report import write_report
 from .runtime import Model
 from .targets import RegionTarget, Target
 from .visualize import encode_png, save_explanation
-from .visualize.boxes import overlay_with_boxes, scale_boxes
+from .visualize.boxes import CLASS_COLORS, draw_boxes, draw_region, overlay_with_boxes, scale_boxes
 
 
 def wanted(args: argparse.Namespace) -> bool:
@@ -128,18 +130,58 @@ def _picture(sample: Sample, smap: np.ndarray, tgt: Target, x_spatial: tuple) ->
     return encode_png(overlay_with_boxes(sample.display, smap, regions=[region] if region.ndim == 2 else []))
 
 
+def _input_picture(sample: Sample, model: Model, info: dict, x_spatial: tuple) -> np.ndarray | None:
+    """The input with every detection's box (detectors) or every class's predicted region
+    outlined (segmenters), in the colour of its class (``CLASS_COLORS``); None for volumes."""
+    if sample.display.ndim == 3 and sample.display.shape[2] != 3:
+        return None
+    picture = input_picture(sample)
+    color = lambda c: CLASS_COLORS[c % len(CLASS_COLORS)]
+    if info["kind"] == "detection":
+        found = info["detections"]
+        for d, box in zip(found, scale_boxes([d["box"] for d in found], x_spatial, picture.shape[:2])):
+            picture = draw_boxes(picture, [box], color(d["class"]), 1)
+        return picture
+    labels = model.predict(sample.x, verbose=False)[0].argmax(0)
+    if labels.ndim != 2:
+        return None
+    for c in np.unique(labels):
+        picture = draw_region(picture, labels == c, color(int(c)))
+    return picture
+
+
+def _record(f: Path, info: dict, tgt: Target, model: Model, x: np.ndarray) -> dict:
+    """An audit-style record (``report.write_report``) of one input's target."""
+    if info["kind"] == "detection":
+        score = float(tgt.score(tgt.spec.read(model.predict(x, outputs=tgt.spec.outputs(model), verbose=False)))[0])
+        pred = [{"index": d["class"], "label": f"class {d['class']} at {', '.join(f'{v:.0f}' for v in d['box'])}",
+                 "score": d["score"]} for d in info["detections"]]
+        label = f"class {info['class']} at {', '.join(f'{v:.0f}' for v in info['box'])}"
+    else:
+        score = float(tgt(model.predict(x, verbose=False))[0])
+        pred, label = [], f"class {info['class']} over {info['region']}"
+    return {"input": str(f), "status": "ok", "dir": ".", "prediction": pred or [{"index": info["class"],
+            "label": label, "score": score}], "target": {"index": info["class"], "label": label, "score": score},
+            "methods": {}}
+
+
 def explain(args: argparse.Namespace, methods: list[str], config: Config, files: list[Path], out: Path) -> int:
-    """Explain every input for its region / detection with every method → exit code."""
+    """Explain every input for its region / detection with every method; the report → exit code."""
     if "embedded" in methods:
         raise ValueError("an exported explainer has its own target; --region/--box/--detection need --method")
     model = Model(config.model, device=config.device, threads=config.threads, verbose=config.verbose)
     sidecar = read_sidecar(config.model)
     spec = ImageSpec.from_sidecar(sidecar, Path(config.model).parent, model.input.shape, config.prep)
+    records = []
     for f, key in zip(files, input_keys(files)):
         sample = load_sample(f, model, spec)
         tgt, info = _target(args, model, sample.x)
-        written = []
+        record = _record(f, info, tgt, model, sample.x)
+        shown = _input_picture(sample, model, info, tuple(sample.x.shape[2:]))
+        record["picture"] = f"{key}_input.png"
+        write_file(out / record["picture"], encode_png(input_picture(sample) if shown is None else shown))
         for name in methods:
+            t0 = time.perf_counter()
             smap, params = cli_methods.run(name, model, sample.x, tgt, _options(config, name, model, tgt),
                                            sidecar, verbose=config.verbose)
             stem = out / f"{key}_{name}"
@@ -153,8 +195,14 @@ def explain(args: argparse.Namespace, methods: list[str], config: Config, files:
                 write_file(stem.with_suffix(".png"), png)
                 write_file(stem.with_suffix(".npy"), buf.getvalue())
                 write_json(stem.with_suffix(".json"), meta)
-            written.append(str(stem.with_suffix(".png")))
+            record["methods"][name] = {"files": {"png": stem.with_suffix(".png").name},
+                                       "timings": {"method_s": round(time.perf_counter() - t0, 4)}}
         if info["kind"] == "detection":
             write_json(out / f"{key}_detections.json", info)
-        print(f"{f}: {info['kind']} class {info['class']} -> {', '.join(written)}")
+        records.append(record)
+        print(f"{f}: {info['kind']} {record['target']['label']} -> "
+              f"{', '.join(str(out / m['files']['png']) for m in record['methods'].values())}")
+    paths = write_report(out, records, methods, {"model": config.model, "target": records[0]["target"]["label"]
+                                                 if records else ""}, title="onnx-xai explain")
+    print(f"report: {paths['html']}")
     return 0

@@ -255,6 +255,8 @@ def test_cli_explains_a_detection_and_a_segmentation_region(tmp_path):
         png = cv2.imread(str(out / "det" / f"scene_npy_{name}.png"))
         x0, y0 = (int(np.floor(v)) for v in found[0].box[:2])
         assert (png[y0, x0 + 2:x0 + 8] == 255).all()  # the box's top edge
+    report = (out / "det" / "report.html").read_text()
+    assert report.count("<img") == 3 and f"class {found[0].index} at" in report  # input with boxes + 2 maps
     assert main(["explain", str(tmp_path / "seg.onnx"), str(tmp_path / "scene.npy"), "--method", "occlusion,vanilla",
                  "--region", str(tmp_path / "mask.png"), "--target-class", "1", "--out", str(out / "seg"),
                  "--quiet"]) == 0

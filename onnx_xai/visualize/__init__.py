@@ -1,7 +1,7 @@
 """visualize: overlays, colormaps, MONAI-style blends and montages, GIFs, TensorBoard images,
 saved explanations (2D overlays, 3D slice grids), atomic file writes and boxes from maps — NumPy +
 OpenCV only (matplotlib optional)."""
-from .boxes import Box, boxes_from_map, draw_boxes
+from .boxes import Box, boxes_from_map, draw_boxes, draw_region, overlay_with_boxes
 from .colorbars import add_colorbar, colorbar
 from .colors import (ColorScale, apply_colormap, blend_images, color_scale, colormap_lut, colormap_names,
                      is_signed, normalize, overlay, overlay_with_scale)
@@ -19,4 +19,5 @@ __all__ = [
     "volume_frames", "save_gif", "write_gif", "encode_gif", "read_gif",
     "plot_2d_or_3d_image", "add_animated_gif",
     "save_explanation", "write_png", "encode_png", "atomic_write_bytes", "Box", "boxes_from_map", "draw_boxes",
+    "draw_region", "overlay_with_boxes",
 ]

@@ -99,14 +99,13 @@ def scale_boxes(boxes: Sequence, from_size: Sequence[int], to_size: Sequence[int
 
 
 def overlay_with_boxes(image, map, boxes: Sequence = (), labels: Sequence[str] | None = None, *,
-                       regions: Sequence = (), colors: Sequence | None = None, percentile: float | None = None,
-                       colorbar: bool = True) -> np.ndarray:
+                       regions: Sequence = (), percentile: float | None = None, colorbar: bool = True) -> np.ndarray:
     """The heatmap ``map`` over ``image`` (:func:`overlay_with_scale`) with ``boxes`` (image
     pixels, end exclusive) drawn on top, each with its label, and the outlines of ``regions``
-    (2D masks, one colour each from ``colors`` / ``CLASS_COLORS``), then the colour bar →
+    (2D masks), each box and region in the next of ``CLASS_COLORS``, then the colour bar →
     ``(H, W', 3)`` uint8."""
     picture, scale = overlay_with_scale(image, map, percentile=percentile)
-    colors = list(colors or CLASS_COLORS)
+    colors = CLASS_COLORS
     for i, mask in enumerate(regions):
         picture = draw_region(picture, mask, colors[i % len(colors)])
     for i, box in enumerate(boxes):
