@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import traceback
+import urllib.parse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -277,7 +278,7 @@ def collect_inputs(paths: list[str], exclude: str | os.PathLike | None = None,
     skipped, and appended to ``skipped``. Files named explicitly are always kept.
     """
     files: list[Path] = []
-    for p in map(Path, paths):
+    for p in map(local_path, paths):
         if p.is_dir():
             found, audits = [], set()
             for f in p.rglob("*"):
@@ -299,6 +300,19 @@ def collect_inputs(paths: list[str], exclude: str | os.PathLike | None = None,
     if not files:
         raise ValueError(f"no images or .npy files in {', '.join(map(str, paths))}")
     return list(dict.fromkeys(files))
+
+
+def local_path(text: str | os.PathLike) -> Path:
+    """An input as a path: ``file://`` URIs too; other URIs (``s3://``, ``gs://``, ...) → ValueError
+    saying to mount the store (every node of a Ray cluster reads the same paths)."""
+    text = os.fspath(text)
+    if "://" in text and not os.path.exists(text):
+        scheme = text.split("://", 1)[0]
+        if scheme.lower() == "file":
+            return Path(urllib.parse.unquote(urllib.parse.urlparse(text).path))
+        raise ValueError(f"{text!r}: {scheme}:// URIs are not read directly; mount the store on every node "
+                         f"(e.g. mountpoint-s3, gcsfuse, NFS) and give its path")
+    return Path(text)
 
 
 def _output_names() -> tuple[re.Pattern, re.Pattern]:

@@ -364,3 +364,14 @@ def test_csv_cells_cannot_become_formulas(tmp_path, capsys):
     assert bad["input"] == str(folder / "=bad.npy") and bad["error"].startswith("'=bad.npy: array of shape")
     summary = json.loads((out / "summary.json").read_text())  # JSON keeps the values verbatim
     assert {i["prediction"][0]["label"] for i in summary["inputs"] if i["status"] == "ok"} <= set(labels)
+
+
+# ---------------------------------------------------------------------- 8. inputs given as URIs
+def test_file_uris_are_paths_and_object_store_uris_a_clear_error(tmp_path, capsys):
+    paths = shapes_png(tmp_path / "in", 2)
+    assert audit.collect_inputs([(tmp_path / "in").as_uri()]) == paths
+    code, _, err = run_cli(capsys, "audit", SHAPES, "s3://bucket/frames", *FAST, "--out", tmp_path / "o")
+    assert code == 2 and error_line(err) == ("onnx-xai: error: 's3://bucket/frames': s3:// URIs are not read "
+                                             "directly; mount the store on every node (e.g. mountpoint-s3, "
+                                             "gcsfuse, NFS) and give its path")
+    assert not (tmp_path / "o").exists()
