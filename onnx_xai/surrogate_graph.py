@@ -520,9 +520,12 @@ def fidelity(served: np.ndarray, surrogate: np.ndarray, record: SurrogateRecord 
 
 
 def report(fid: Fidelity, first: bool) -> None:
-    """Log ``fid``; a ``SurrogateWarning`` the ``first`` time and whenever a top-1 class differs."""
+    """Log ``fid``; a ``SurrogateWarning`` the ``first`` time for an approximate surrogate
+    (float16, quantized), and whenever a top-1 class differs or an exact one (an opset
+    change) does not reproduce the served outputs (relative difference over 1e-4)."""
     text = (f"explained through a float32 surrogate of the served model "
             f"({', '.join(fid.record.kinds)}): {fid}")
     logger.info(text)
-    if first or fid.top1_agreement < 1.0:
+    off = fid.top1_agreement < 1.0 or (fid.record.exact and fid.max_rel_diff > 1e-4)
+    if off or (first and not fid.record.exact):
         warnings.warn(text, SurrogateWarning, stacklevel=3)
