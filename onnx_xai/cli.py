@@ -251,8 +251,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def _ray_options(args: argparse.Namespace):
     """``RayOptions`` from ``--ray-*`` (None for the local engine; ray itself is imported later)."""
+    given = [f"--{k.replace('_', '-')}" for k, default in (("ray_address", None), ("ray_actors", None),
+             ("ray_cpus", 1.0), ("ray_gpus", 0.0), ("ray_batch", 1)) if getattr(args, k) != default]
     if args.engine != "ray":
+        if given:
+            raise ValueError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} the Ray engine: "
+                             f"add --engine ray")
         return None
+    if args.workers != 1:
+        raise ValueError("--workers is the local engine's; with --engine ray, --ray-actors sets the actors")
     from .engines.ray_audit import RayOptions
     return RayOptions(address=args.ray_address, actors=args.ray_actors, cpus_per_actor=args.ray_cpus,
                       gpus_per_actor=args.ray_gpus, batch_size=args.ray_batch)

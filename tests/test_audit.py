@@ -375,3 +375,19 @@ def test_file_uris_are_paths_and_object_store_uris_a_clear_error(tmp_path, capsy
                                              "directly; mount the store on every node (e.g. mountpoint-s3, "
                                              "gcsfuse, NFS) and give its path")
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------- 9. engine options
+@pytest.mark.parametrize("args, message", [
+    (["--ray-address", "auto"], "--ray-address sets the Ray engine: add --engine ray"),
+    (["--ray-actors", "2", "--ray-batch", "4"], "--ray-actors, --ray-batch set the Ray engine: add --engine ray"),
+    (["--engine", "ray", "--workers", "2"], "--workers is the local engine's; with --engine ray, --ray-actors sets "
+                                            "the actors"),
+    (["--engine", "ray", "--ray-cpus", "-1"], "cpus_per_actor must be a number >= 0, got -1.0"),
+    (["--engine", "ray", "--ray-cpus", "0"], "an actor needs some resources: cpus_per_actor or gpus_per_actor > 0"),
+])
+def test_engine_options_that_do_not_fit_are_one_line(tmp_path, capsys, args, message):
+    shapes_png(tmp_path / "in", 1)
+    code, _, err = run_cli(capsys, "audit", SHAPES, tmp_path / "in", *FAST, "--out", tmp_path / "o", *args)
+    assert code == 2 and error_line(err) == f"onnx-xai: error: {message}"
+    assert not (tmp_path / "o").exists()
