@@ -100,16 +100,18 @@ def render_html(tokens: list[str], scores: np.ndarray, title: str = "") -> str:
 
 
 def explain_text(model: Any, tokenizer: Any, text: str, methods: list[str], target: Any,
-                 out: Path, params: dict[str, dict]) -> dict:
+                 out: Path, params: dict[str, dict], labels: list[str] | None = None) -> dict:
     """Explain ``text`` with each token method; write ``text_<method>.html`` / ``.json`` into
-    ``out``. ``params``: constructor arguments per method. Returns the record written."""
+    ``out``. ``params``: constructor arguments per method; ``labels``: class names. Returns
+    the record written."""
     ids, extra, tokens = encode(tokenizer, text, model.input_names)
     logits = model.predict(ids, extra_inputs=extra, verbose=False)
     probs = softmax(np.asarray(logits, np.float64).reshape(1, -1))[0]
     cls = int(np.argmax(probs)) if target in (None, "auto") else int(target)
     targets.per_sample_classes(cls, 1, probs.size, "--target")
-    record = {"text": text, "tokens": tokens, "target": {"index": cls, "probability": float(probs[cls])},
-              "methods": {}}
+    label = labels[cls] if labels and cls < len(labels) else f"class {cls}"
+    record = {"text": text, "tokens": tokens, "methods": {},
+              "target": {"index": cls, "label": label, "probability": float(probs[cls])}}
     for name in methods:
         info = registry.get(name)
         if info.kind != "token":
@@ -117,7 +119,7 @@ def explain_text(model: Any, tokenizer: Any, text: str, methods: list[str], targ
                              f"{name!r} explains {info.kind} inputs")
         tgt = targets.ClassTarget(index=cls, activation=info.score)
         scores = info.impl(model, **params.get(name, {})).explain(ids, tgt, extra_inputs=extra)[0]
-        page = render_html(tokens, scores, f"{name}: class {cls} (p = {probs[cls]:.3f})")
+        page = render_html(tokens, scores, f"{name}: {label} ({cls}, p = {probs[cls]:.3f})")
         (out / f"text_{name}.html").write_text(page, encoding="utf-8")
         record["methods"][name] = {"scores": [float(s) for s in scores], "html": f"text_{name}.html",
                                    "parameters": {k: v for k, v in params.get(name, {}).items()
@@ -145,9 +147,11 @@ def run_cli(args: Any, options: dict) -> int:
     params = {m: cli_methods.method_arguments(m, options) for m in methods}
     model = Model(args.model, device=args.device, threads=args.threads, verbose=False)
     tokenizer = load_tokenizer(args.tokenizer or Path(args.model).with_name("tokenizer.json"))
+    labels = Path(args.labels).read_text(encoding="utf-8").splitlines() if args.labels else None
     out = prepare_output_folder(args.out)
-    rec = explain_text(model, tokenizer, args.text, methods, target, out, params)
-    print(f"class {rec['target']['index']} (p = {rec['target']['probability']:.3f})")
+    rec = explain_text(model, tokenizer, args.text, methods, target, out, params, labels)
+    t = rec["target"]
+    print(f"{t['label']} ({t['index']}, p = {t['probability']:.3f})")
     for name, res in rec["methods"].items():
         print(f"{name} -> {out / res['html']}")
         for tok, s in zip(rec["tokens"], res["scores"]):
