@@ -48,8 +48,8 @@ class LayerChoice:
 class _Graph:
     """Shapes, producers, consumers and constants of the static graph, for the rules."""
 
-    def __init__(self, proto: onnx.ModelProto, input_shapes: dict) -> None:
-        self.finder = GridFinder(proto, input_shapes)
+    def __init__(self, proto: onnx.ModelProto, input_shapes: dict, image: str | None) -> None:
+        self.finder = GridFinder(proto, input_shapes, image)
         self.static = self.finder.static
         self.nodes = list(self.static.graph.node)
         self.shapes, self.types = self.finder.shapes, graph.tensor_types(self.static)
@@ -58,6 +58,8 @@ class _Graph:
         self.consts = {i.name for i in self.static.graph.initializer}
         self.consts |= {n.output[0] for n in self.nodes if n.op_type == "Constant"}
         self.input_shape = self.finder.input_shape
+        s = self.input_shape  # a channel-last image (B, H, W, 1|3|4): its spatial axes are 1..-1
+        self.spatial = tuple(s[1:-1] if len(s) >= 4 and s[-1] <= 4 < min(s[1:-1]) else s[2:])
         self.outputs = [o.name for o in self.static.graph.output]
 
     def ancestors(self, tensor: str) -> set[str]:
@@ -78,10 +80,10 @@ class _Graph:
         if (s is None or len(s) != len(self.input_shape) or len(s) < 3
                 or self.types.get(tensor) not in graph.FLOAT_TYPES or max(s[2:]) <= 1):
             return False
-        ratios = [i / o for i, o in zip(self.input_shape[2:], s[2:]) if o > 0]
+        ratios = [i / o for i, o in zip(self.spatial, s[2:]) if o > 0]
         if len(ratios) != len(s) - 2 or min(ratios) < 0.9:
             return False
-        rounded = [i / -(-i // max(round(r), 1)) for i, r in zip(self.input_shape[2:], ratios)]
+        rounded = [i / -(-i // max(round(r), 1)) for i, r in zip(self.spatial, ratios)]
         return max(ratios) / min(ratios) <= 1.5 or max(rounded) / min(rounded) <= 1.5
 
     def attention(self) -> list[onnx.NodeProto]:
@@ -135,10 +137,10 @@ def _transformer(g: _Graph, softmax: onnx.NodeProto) -> LayerChoice | None:
     return None
 
 
-def choose_layer(proto: onnx.ModelProto, input_shapes: dict) -> LayerChoice:
+def choose_layer(proto: onnx.ModelProto, input_shapes: dict, image: str | None = None) -> LayerChoice:
     """The automatic CAM layer of ``proto`` at ``input_shapes`` (name → full shape, batch 1;
-    the first entry is the image). See the module docstring for the rules."""
-    g = _Graph(proto, input_shapes)
+    ``image`` names the image input, default the first). See the module docstring."""
+    g = _Graph(proto, input_shapes, image)
     if len(g.input_shape) < 3:
         raise UnsupportedModelError(f"the model's input has shape {g.input_shape}: a CAM needs an "
                                     "image or volume input (B, C, H, W[, D])")

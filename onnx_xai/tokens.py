@@ -64,6 +64,10 @@ class TokenFold:
             return b.op("Transpose", [grid], perm=[0, 3, 1, 2])
         return b.op("Reshape", [tensor, b.const([0, -1, h, w])])
 
+    def channels(self, shape: tuple) -> int:
+        """The channel count of a tensor of ``shape`` in this layout."""
+        return int(shape[1] if self.layout == "channels" else shape[-1])
+
     def describe(self, shape: tuple | None = None) -> str:
         """E.g. ``"1+4x4 tokens"`` / ``"4x4 nhwc"``: what ``onnx-xai layers`` prints."""
         h, w = self.grid
