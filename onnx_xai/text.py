@@ -99,11 +99,11 @@ def render_html(tokens: list[str], scores: np.ndarray, title: str = "") -> str:
             f"opacity ∝ |score| / {top:.4g} (hover a token for its score)</p></body></html>\n")
 
 
-def explain_text(model: Any, tokenizer: Any, text: str, methods: list[str], target: Any,
-                 out: Path, params: dict[str, dict], labels: list[str] | None = None) -> dict:
-    """Explain ``text`` with each token method; write ``text_<method>.html`` / ``.json`` into
-    ``out``. ``params``: constructor arguments per method; ``labels``: class names. Returns
-    the record written."""
+def explain_text(model: Any, tokenizer: Any, text: str, target: Any, out: Path,
+                 params: dict[str, dict], labels: list[str] | None = None) -> dict:
+    """Explain ``text`` with each token method of ``params`` (method name → constructor
+    arguments); write ``text_<method>.html`` / ``.json`` into ``out``. ``labels``: class
+    names. Returns the record written."""
     ids, extra, tokens = encode(tokenizer, text, model.input_names)
     logits = model.predict(ids, extra_inputs=extra, verbose=False)
     probs = softmax(np.asarray(logits, np.float64).reshape(1, -1))[0]
@@ -112,17 +112,17 @@ def explain_text(model: Any, tokenizer: Any, text: str, methods: list[str], targ
     label = labels[cls] if labels and cls < len(labels) else f"class {cls}"
     record = {"text": text, "tokens": tokens, "methods": {},
               "target": {"index": cls, "label": label, "probability": float(probs[cls])}}
-    for name in methods:
+    for name in params:
         info = registry.get(name)
         if info.kind != "token":
             raise ValueError(f"--text needs token methods ({', '.join(i.name for i in registry.infos() if i.kind == 'token')}); "
                              f"{name!r} explains {info.kind} inputs")
         tgt = targets.ClassTarget(index=cls, activation=info.score)
-        scores = info.impl(model, **params.get(name, {})).explain(ids, tgt, extra_inputs=extra)[0]
+        scores = info.impl(model, **params[name]).explain(ids, tgt, extra_inputs=extra)[0]
         page = render_html(tokens, scores, f"{name}: {label} ({cls}, p = {probs[cls]:.3f})")
         (out / f"text_{name}.html").write_text(page, encoding="utf-8")
         record["methods"][name] = {"scores": [float(s) for s in scores], "html": f"text_{name}.html",
-                                   "parameters": {k: v for k, v in params.get(name, {}).items()
+                                   "parameters": {k: v for k, v in params[name].items()
                                                   if isinstance(v, (int, float, str, type(None)))}}
     (out / "text.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
     return record
@@ -149,7 +149,7 @@ def run_cli(args: Any, options: dict) -> int:
     tokenizer = load_tokenizer(args.tokenizer or Path(args.model).with_name("tokenizer.json"))
     labels = Path(args.labels).read_text(encoding="utf-8").splitlines() if args.labels else None
     out = prepare_output_folder(args.out)
-    rec = explain_text(model, tokenizer, args.text, methods, target, out, params, labels)
+    rec = explain_text(model, tokenizer, args.text, target, out, params, labels)
     t = rec["target"]
     print(f"{t['label']} ({t['index']}, p = {t['probability']:.3f})")
     for name, res in rec["methods"].items():
