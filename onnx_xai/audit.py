@@ -33,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import __version__, cli_methods, metrics, targets
+from . import __version__, cli_methods, layout, metrics, targets
 from .errors import OnnxXaiError, one_line
 from .preprocess import IMAGE_SUFFIXES, ImageSpec, Sample, load_sample, read_sidecar
 from .runtime import Model
@@ -416,10 +416,13 @@ class Explainer:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.model = Model(config.model, device=config.device, threads=config.threads, verbose=config.verbose)
+        model = Model(config.model, device=config.device, threads=config.threads, verbose=config.verbose,
+                      layout=config.prep.get("layout") or "auto")
         self.sidecar = read_sidecar(config.model)
-        self.spec = ImageSpec.from_sidecar(self.sidecar, Path(config.model).parent, self.model.input.shape,
-                                           config.prep)
+        prep = dict(config.prep, layout=layout.resolve(model, None))  # a channel-last model's images
+        self.spec = ImageSpec.from_sidecar(self.sidecar, Path(config.model).parent, model.input.shape, prep)
+        self.model = layout.channel_first_model(model)  # are folded by load_sample: methods see (1, C, H, W)
+        self.extra = cli_methods.extra_arrays(self.model, config.options.get("extra_inputs"))
         self.labels = self.spec.labels
         self.embedded = "saliency" in self.model.output_names
         self.activate = targets.class_scorer(True)
@@ -440,12 +443,15 @@ class Explainer:
             raise ValueError(f"--target {index} is out of range: the model has {len(probs)} classes")
         return index
 
-    def explain(self, path: Path, dest: Path, prefix: str = "") -> dict:
-        """Predict, explain with every method and write the files → the input's record."""
+    def explain(self, path: Path, dest: Path, prefix: str = "", item: int | None = None) -> dict:
+        """Predict, explain with every method and write the files → the input's record.
+        ``item``: the input's index among those explained (picks its row of per-sample
+        ``--extra`` inputs)."""
         t0 = time.perf_counter()
         sample = load_sample(path, self.model, self.spec)
-        feeds = {"class_idx": np.array([-1], np.int64)} if "class_idx" in self.model.input_names else None
-        raw = self.model.predict(sample.x, extra_inputs=feeds, verbose=False)
+        self.feeds = cli_methods.extra_for(self.model, self.extra, item)
+        feeds = {"class_idx": np.array([-1], np.int64)} if "class_idx" in self.model.input_names else {}
+        raw = self.model.predict(sample.x, extra_inputs={**feeds, **self.feeds} or None, verbose=False)
         probs = self.activate(raw.reshape(1, -1))[0]
         target = self.target(probs)
         order = np.argsort(-probs)[:self.config.top_k]
@@ -468,11 +474,12 @@ class Explainer:
             smap, params = cli_methods.run_embedded(self.model, sample.x, target), {}
         else:
             smap, params = cli_methods.run(name, self.model, sample.x, target, self.config.options,
-                                           self.sidecar, verbose=self.config.verbose)
+                                           self.sidecar, verbose=self.config.verbose, extra_inputs=self.feeds)
         out: dict[str, Any] = {"parameters": params, "timings": {"method_s": round(time.perf_counter() - t0, 4)}}
         if self.config.metric_steps:
             t1 = time.perf_counter()
-            kw = dict(n_steps=self.config.metric_steps, verbose=False, batch_size=16)
+            kw = dict(n_steps=self.config.metric_steps, verbose=False, batch_size=16,
+                      extra_inputs=self.feeds or None)
             sal = smap[None, None]
             out["deletion_auc"] = float(metrics.deletion(self.model, sample.x, sal, target, **kw).auc[0])
             out["insertion_auc"] = float(metrics.insertion(self.model, sample.x, sal, target, **kw).auc[0])

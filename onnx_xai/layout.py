@@ -98,18 +98,33 @@ def last_perm(rank: int) -> list[int]:
 
 def channel_first(model, layout: str | None = None):
     """``model`` itself when its input is channel-first, else its channel-first view (a
-    ``Model`` built once and kept on ``model``; ``is_folded`` is True for it)."""
+    ``Model`` built once and kept on ``model``, marked so that ``to_channel_first`` folds
+    the channel-last ``x`` its callers give; ``is_folded`` is True for it)."""
     if getattr(model, _FOLDED, None) or resolve(model, layout) == "nchw":
         return model
     memo = model.memo("layout")
     if "view" not in memo:
-        proto = model.require_proto("a channel-last (NHWC) input")
-        rank = len(model.input.shape)
-        view = model.derive(transposed_input(proto, model.input_name, first_perm(rank)))
+        view = _transposed_model(model)
         setattr(view, _FOLDED, "nhwc")
-        view.layout = "nchw"
         memo["view"] = view
     return memo["view"]
+
+
+def channel_first_model(model, layout: str | None = None):
+    """``model`` as a plain channel-first ``Model`` (callers give channel-first ``x``): the
+    model itself, or (channel-last) a Model of its graph behind a Transpose, not marked as a
+    view; for callers that fold their data themselves (the command line)."""
+    if is_folded(model) or resolve(model, layout) == "nchw":
+        return model
+    return _transposed_model(model)
+
+
+def _transposed_model(model):
+    proto = model.require_proto("a channel-last (NHWC) input")
+    rank = len(model.input.shape)
+    child = model.derive(transposed_input(proto, model.input_name, first_perm(rank)))
+    child.layout = "nchw"
+    return child
 
 
 def is_folded(model) -> bool:

@@ -189,8 +189,13 @@ class Sample:
 
 def load_sample(path: str | os.PathLike, model: "Model", spec: ImageSpec) -> Sample:
     """Read an image (preprocessed by ``spec``) or a ``.npy`` array (one sample of the model's
-    input, batch axis optional) → a ``Sample``; ``ValueError`` naming the file otherwise."""
+    input, batch axis optional) → a ``Sample``; ``ValueError`` naming the file otherwise.
+
+    ``spec.layout="nhwc"``: the images and arrays are channel-last and ``model`` is the
+    channel-first view of a channel-last model (``onnx_xai.layout.channel_first_model``):
+    the sample is moved to channel-first."""
     path = Path(path)
+    first = (lambda a: np.moveaxis(a, -1, 1)) if spec.layout == "nhwc" else (lambda a: a)  # noqa: E731
     if path.suffix.lower() == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)
@@ -199,6 +204,8 @@ def load_sample(path: str | os.PathLike, model: "Model", spec: ImageSpec) -> Sam
         want = model.input.shape
         if arr.ndim == len(want) - 1:
             arr = arr[None]
+        if arr.ndim == len(want):
+            arr = first(arr)
         if arr.ndim != len(want) or arr.shape[0] != 1:
             raise ValueError(f"{path.name}: array of shape {arr.shape} is not one sample of the model "
                              f"input {model.input.describe()}")
@@ -212,13 +219,11 @@ def load_sample(path: str | os.PathLike, model: "Model", spec: ImageSpec) -> Sam
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"{path.name}: not an image ({', '.join(IMAGE_SUFFIXES)}) or .npy file")
     image = read_image(path)
-    x = spec.to_input(image)
+    x = first(spec.to_input(image))
     try:
         x = model.check_input(x)
     except ValueError as exc:
         raise ValueError(f"{path.name}: {exc}; set the preprocessing with --size/--layout") from None
-    if spec.layout == "nhwc":
-        raise ValueError("methods explain channel-first inputs; an NHWC model cannot be explained yet")
     shown = image if spec.size is None else cv2.resize(image, (spec.size[1], spec.size[0]),
                                                        interpolation=cv2.INTER_AREA)
     return Sample(path, x, shown)

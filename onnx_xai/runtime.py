@@ -580,7 +580,9 @@ class Model:
 
     def check_extra_inputs(self, extra: dict[str, Any] | None) -> dict[str, np.ndarray]:
         """The model's other inputs as arrays of their dtypes; every required one must be given;
-        float ones must be finite (``ValueError`` with the count and first index)."""
+        float ones must be finite (``ValueError`` with the count and first index). An array
+        with one axis fewer than an input with a free batch axis gets a batch axis of 1 (it
+        goes with every sample)."""
         extra = dict(extra or {})
         others = [i for i in self.inputs if i.name != self.input_name]
         allowed = others + [i for i in self.optional_inputs if i.name in extra]
@@ -596,6 +598,9 @@ class Model:
                              "with a leading axis of one row per sample "
                              f"({', '.join(f'{i.name}: {i.describe()}' for i in others)})")
         out = {i.name: np.asarray(extra[i.name]).astype(i.dtype, copy=False) for i in allowed}
+        for i in allowed:  # one sample's array without its batch axis: a batch of 1 (shared)
+            if i.shape and not isinstance(i.shape[0], int) and out[i.name].ndim == len(i.shape) - 1:
+                out[i.name] = out[i.name][None]
         for name, value in out.items():
             if value.dtype.kind == "f" and not np.isfinite(value).all():
                 check_finite_input(value, f"extra input {name!r}")

@@ -75,9 +75,9 @@ class VanillaGrad:
         """``x`` in the input's layout → checked, channel-first."""
         return self.model.check_input(to_channel_first(self.model, x))
 
-    def explain(self, x: np.ndarray, target: targets.Target) -> np.ndarray:
+    def explain(self, x: np.ndarray, target: targets.Target, **extra_inputs) -> np.ndarray:
         """The registry's protocol: ``(N, C, *spatial)`` attributions of ``target``."""
-        return self(x, target)
+        return self(x, target, **extra_inputs)
 
     @staticmethod
     def graph_rule(b: Any, taps: Any) -> str:
