@@ -184,47 +184,57 @@ def discard_lowest(a: np.ndarray, ratio: float) -> np.ndarray:
     return flat.reshape(a.shape)
 
 
-def rollout(attentions: Sequence[np.ndarray], fusion: str = "mean", discard_ratio: float = 0.0) -> np.ndarray:
-    """Attention rollout (Abnar & Zuidema 2020): per block ``Â = norm_rows(fuse(A) + I)``
-    (= ½A + ½I for row-stochastic attention), ``R = Â_L ··· Â_1`` → ``(N, T, T)`` float64."""
-    r = None
+def rollout_factors(attentions: Sequence[np.ndarray], fusion: str = "mean",
+                    discard_ratio: float = 0.0) -> list[np.ndarray]:
+    """Attention rollout (Abnar & Zuidema 2020), ``R = Â_L ··· Â_1``: the factors
+    ``Â = norm_rows(fuse(A) + I)`` (= ½A + ½I for row-stochastic attention), ``(N, T, T)``."""
+    out = []
     for a in attentions:
         fused = discard_lowest(fuse_heads(a.astype(np.float64), fusion), discard_ratio)
         fused = fused + np.eye(fused.shape[-1])
-        fused = fused / fused.sum(-1, keepdims=True)
-        r = fused if r is None else fused @ r
-    return r
+        out.append(fused / fused.sum(-1, keepdims=True))
+    return out
 
 
-def gradient_rollout(attentions: Sequence[np.ndarray], gradients: Sequence[np.ndarray]) -> np.ndarray:
-    """Chefer, Gur & Wolf 2021 ("Generic Attention-model Explainability"), self-attention
-    rule: ``R = I``; per block ``Ā = mean_heads((∇A ⊙ A)⁺)``, ``R ← R + Ā R`` → ``(N, T, T)``."""
-    r = None
-    for a, g in zip(attentions, gradients):
-        fused = np.maximum(a.astype(np.float64) * g, 0.0).mean(1)
-        r = np.broadcast_to(np.eye(fused.shape[-1]), fused.shape) if r is None else r
-        r = r + fused @ r
-    return r
+def gradient_factors(attentions: Sequence[np.ndarray], gradients: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Chefer, Gur & Wolf 2021 ("Generic Attention-model Explainability"), self-attention rule
+    ``R = I``, ``R ← R + Ā R`` per block, ``Ā = mean_heads((∇A ⊙ A)⁺)``: ``R = (I + Ā_L) ··· (I +
+    Ā_1)``, the factors ``I + Ā`` ``(N, T, T)``."""
+    return [np.maximum(a.astype(np.float64) * g, 0.0).mean(1) + np.eye(a.shape[-1])
+            for a, g in zip(attentions, gradients)]
 
 
-def token_map(r: np.ndarray, layout: AttentionLayout) -> np.ndarray:
-    """The class token's row of ``r`` ``(N, T, T)`` over the patch tokens, folded to
-    ``(N, 1, h, w)`` (the mean row where the model has no prefix token); for token inputs
-    (no grid), the first token's ([CLS]) row over all ``T`` tokens ``(N, T)``, its own entry
-    (the identity's 1, dwarfing the others) set to the row's minimum as the authors' BERT code."""
-    row = r[:, 0] if layout.prefix or not layout.grid else r.mean(1)
+def relevance_rows(factors: Sequence[np.ndarray], layout: AttentionLayout) -> np.ndarray:
+    """The class token's row of ``R = M_L ··· M_1`` (the mean row where the model has no
+    prefix token) → ``(N, T)`` float64, as a row vector times the factors from the last block
+    down (``O(L·T²)``, the product itself is never formed)."""
+    n, t = factors[0].shape[:2]
+    if layout.prefix or not layout.grid:
+        row = np.zeros((n, 1, t))
+        row[:, 0, 0] = 1.0
+    else:
+        row = np.full((n, 1, t), 1.0 / t)
+    for m in reversed(factors):
+        row = row @ m
+    return row[:, 0]
+
+
+def token_map(rows: np.ndarray, layout: AttentionLayout) -> np.ndarray:
+    """``relevance_rows`` ``(N, T)`` over the patch tokens folded to ``(N, 1, h, w)``; for
+    token inputs (no grid), over all ``T`` tokens ``(N, T)``, the [CLS] token's own entry (the
+    identity's 1, dwarfing the others) set to the row's minimum as the authors' BERT code."""
     if not layout.grid:
-        row = row.copy()
-        row[:, 0] = row.min(1)
-        return row.astype(np.float32)
-    return row[:, layout.prefix:].reshape((len(r), 1) + layout.grid).astype(np.float32)
+        rows = rows.copy()
+        rows[:, 0] = rows.min(1)
+        return rows.astype(np.float32)
+    return rows[:, layout.prefix:].reshape((len(rows), 1) + layout.grid).astype(np.float32)
 
 
 class AttentionMethod:
     """Base of the attention-based methods: constructor, ``compute_map`` / ``__call__``.
 
     A method class sets ``gradients`` (whether it reads dS/dA) and its rule
-    ``_rollout(attentions, gradients or None) → (N, T, T)``.
+    ``_factors(attentions, gradients or None) → [M_l (N, T, T)]``, ``R = M_L ··· M_1``.
 
     Args:
         model: anything ``Model`` accepts (a ViT / DeiT / BERT-style encoder graph).
@@ -260,7 +270,7 @@ class AttentionMethod:
                                               self.batch_size, extra_inputs)
         else:
             acts, grads = attention_maps(self.model, x, lay, self.batch_size, extra_inputs), None
-        raw = token_map(self._rollout(acts, grads), lay)
+        raw = token_map(relevance_rows(self._factors(acts, grads), lay), lay)
         detail = describe_nonfinite(raw)
         if detail is not None:
             raise NonFiniteError(f"{type(self).__name__}: the rollout overflowed ({detail})")
@@ -279,5 +289,5 @@ class AttentionMethod:
         """The registry's protocol: ``(B, 1, H, W)`` (token ids: ``(B, T)``) post-processed map."""
         return self(x, target, extra_inputs=extra_inputs)
 
-    def _rollout(self, attentions: list[np.ndarray], gradients: list[np.ndarray] | None) -> np.ndarray:
+    def _factors(self, attentions: list[np.ndarray], gradients: list[np.ndarray] | None) -> list[np.ndarray]:
         raise NotImplementedError

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..engines.attention import FUSIONS, AttentionMethod, gradient_rollout, rollout
+from ..engines.attention import FUSIONS, AttentionMethod, gradient_factors, rollout_factors
 from ..finite import check_number
 from ..registry import method
 
@@ -47,8 +47,8 @@ class AttentionRollout(AttentionMethod):
         self.head_fusion = head_fusion
         self.discard_ratio = check_number("discard_ratio", discard_ratio, 0.0, 1.0, open_max=True)
 
-    def _rollout(self, attentions: list[np.ndarray], gradients: None) -> np.ndarray:
-        return rollout(attentions, self.head_fusion, self.discard_ratio)
+    def _factors(self, attentions: list[np.ndarray], gradients: None) -> list[np.ndarray]:
+        return rollout_factors(attentions, self.head_fusion, self.discard_ratio)
 
 
 @method("grad-rollout", kind="attention",
@@ -61,5 +61,5 @@ class GradientRollout(AttentionMethod):
 
     gradients = True
 
-    def _rollout(self, attentions: list[np.ndarray], gradients: list[np.ndarray]) -> np.ndarray:
-        return gradient_rollout(attentions, gradients)
+    def _factors(self, attentions: list[np.ndarray], gradients: list[np.ndarray]) -> list[np.ndarray]:
+        return gradient_factors(attentions, gradients)
