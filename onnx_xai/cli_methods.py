@@ -196,6 +196,8 @@ def run_embedded(model: Model, x: np.ndarray, target: int) -> np.ndarray:
     names = model.input_names + [i.name for i in model.optional_inputs]
     feeds = {"class_idx": np.array([target], np.int64)} if "class_idx" in names else None
     sal = model.predict(x, outputs=["saliency"], extra_inputs=feeds, verbose=False)["saliency"]
+    if sal.ndim == x.ndim and sal.shape[1] != x.shape[1] and sal.shape[1:] == x.shape[2:] + x.shape[1:2]:
+        sal = np.moveaxis(sal, -1, 1)  # input-shaped saliency of a channel-last model, x folded
     smap = _to_map(sal, tuple(x.shape[2:]))
     if hot == "low":
         finite = smap[np.isfinite(smap)]
