@@ -44,11 +44,21 @@ def find_embedding(proto: onnx.ModelProto, ids: str, layer: str | None = None) -
         if node.op_type in _PASS and node.input and node.input[0] in fed:
             fed.update(node.output)
         elif node.op_type == "Gather" and len(node.input) > 1 and node.input[1] in fed:
-            return node.output[0]
+            return _dequantized(proto, node.output[0])
     raise UnsupportedModelError(
         f"no embedding lookup (a Gather whose indices are input {ids!r}) in the model; name the "
         "embedding output with embedding_layer= (a tensor, node or module such as "
         "'bert.embeddings.word_embeddings')")
+
+
+def _dequantized(proto: onnx.ModelProto, tensor: str) -> str:
+    """``tensor``, or where a quantized table was looked up (``quantize_dynamic`` quantizes
+    the embedding ``Gather``), the output of the ``DequantizeLinear`` / ``Cast`` reading it."""
+    users = graph.consumers(proto)
+    while len(users.get(tensor, [])) == 1 and users[tensor][0].op_type in ("DequantizeLinear", "Cast") \
+            and graph.tensor_types(proto).get(tensor) not in graph.FLOAT_TYPES:
+        tensor = users[tensor][0].output[0]
+    return tensor
 
 
 def _prune(g: onnx.GraphProto) -> None:
