@@ -245,5 +245,5 @@ def test_bert_token_rollouts_equal_the_references():
     raw = AttentionRollout(model).compute_map(ids, extra_inputs=extra)
     assert raw.shape == (2, 9) and np.all(raw[1, 7:] < 1e-6)  # padding gets no attention
     np.testing.assert_allclose(raw, cls_rows(paper_rollout([a.numpy() for a in atts])), rtol=1e-5, atol=1e-7)
-    grad = GradientRollout(model, postprocessing=identity).explain(ids, ClassTarget(index=1), extra)
+    grad = GradientRollout(model, postprocessing=identity).explain(ids, ClassTarget(index=1), **extra)
     np.testing.assert_allclose(grad, cls_rows(chefer_relevance(atts, grads)), rtol=1e-4, atol=1e-8)

@@ -258,12 +258,13 @@ class AttentionMethod:
         """The attention tensors, tokens and patch grid for samples of ``sample_shape``."""
         return attention_layout(self.model, sample_shape)
 
-    def compute_map(self, x: np.ndarray, class_idx: Any = None, *, extra_inputs: dict | None = None
-                    ) -> np.ndarray:
+    def compute_map(self, x: np.ndarray, class_idx: Any = None, *, extra_inputs: dict | None = None,
+                    **inputs: Any) -> np.ndarray:
         """Raw map ``(B, 1, h, w)`` on the patch grid (``(B, T)`` over the tokens of token ids
-        ``(B, T)``); ``class_idx``: None (argmax), an int, B ints or a ``Target``;
-        ``extra_inputs``: the model's other inputs (``attention_mask``, ...)."""
+        ``(B, T)``); ``class_idx``: None (argmax), an int, B ints or a ``Target``; the model's
+        other inputs (``attention_mask``, ...) as ``extra_inputs={name: array}`` or ``name=array``."""
         x = self.model.check_input(x)
+        extra_inputs = {**(extra_inputs or {}), **inputs} or None
         lay = self.layout(x.shape[1:])
         if self.gradients:
             acts, grads = attention_gradients(self.model, x, lay, targets.target(class_idx),
@@ -276,18 +277,19 @@ class AttentionMethod:
             raise NonFiniteError(f"{type(self).__name__}: the rollout overflowed ({detail})")
         return raw
 
-    def __call__(self, x: np.ndarray, class_idx: Any = None, *, extra_inputs: dict | None = None
-                 ) -> np.ndarray:
+    def __call__(self, x: np.ndarray, class_idx: Any = None, *, extra_inputs: dict | None = None,
+                 **inputs: Any) -> np.ndarray:
         """``postprocessing(upsampler(spatial size)(compute_map(...)))`` → ``(B, 1, H, W)``
         (token ids: ``postprocessing(compute_map(...))``, ``(B, T)``)."""
-        raw = self.compute_map(x, class_idx, extra_inputs=extra_inputs)
+        raw = self.compute_map(x, class_idx, extra_inputs=extra_inputs, **inputs)
         if raw.ndim == 4:
             raw = self.upsampler(np.shape(x)[2:])(raw)
         return np.asarray(self.postprocessing(raw))
 
-    def explain(self, x: np.ndarray, target: targets.Target, extra_inputs: dict | None = None) -> np.ndarray:
+    def explain(self, x: np.ndarray, target: targets.Target, extra_inputs: dict | None = None,
+                **inputs: Any) -> np.ndarray:
         """The registry's protocol: ``(B, 1, H, W)`` (token ids: ``(B, T)``) post-processed map."""
-        return self(x, target, extra_inputs=extra_inputs)
+        return self(x, target, extra_inputs=extra_inputs, **inputs)
 
     def _factors(self, attentions: list[np.ndarray], gradients: list[np.ndarray] | None) -> list[np.ndarray]:
         raise NotImplementedError
