@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from . import graph, registry, targets, tokens
+from . import graph, registry, surrogate_graph, targets, tokens
 from . import layout as layout_of
 from .autodiff import SCORE, WEIGHTS, GradientRequest, input_shapes, passes, portable, score_graph
 from .autolayer import choose_layer
@@ -267,6 +267,8 @@ def export_explainer(model: Any, method: str = "gradcam", target_layers: str | S
     if input_shape is not None and layout_of.resolve(m, layout) == "nhwc":
         input_shape = (input_shape[-1],) + tuple(input_shape[:-1])
     m = layout_of.channel_first(m, layout)
+    served = m.require_proto("export_explainer")
+    m, record = surrogate_graph.surrogate_model(m)  # float16 / quantized / old opset: float32 copy
     proto = m.require_proto("export_explainer")
     contrib = [f"{n.domain}:{n.op_type} ({n.name!r})" for n in proto.graph.node
                if n.domain not in ("", "ai.onnx")]
@@ -313,7 +315,12 @@ def export_explainer(model: Any, method: str = "gradcam", target_layers: str | S
     plan = ExportPlan(explainer, info.kind, core, act, grad, weights, output, per_sample, fixed,
                       layer, class_idx, bool(upsample), bool(normalize), activation,
                       fold=_layer_fold(proto, feeds, m.input_name, static, layer))
-    return _input_layout(_finish(m, proto, shapes, plan), m, info.kind)
+    out = _input_layout(_finish(m, proto, shapes, plan), m, info.kind)
+    if record:  # the served model's I/O types at the edges; say what the surrogate changed
+        out = surrogate_graph.cast_io(out, surrogate_graph.io_types(served))
+        helper.set_model_props(out, {**{p.key: p.value for p in out.metadata_props},
+                                     surrogate_graph.META: record.describe()})
+    return out
 
 
 def _layer_fold(proto: onnx.ModelProto, feeds: dict, image: str, static: onnx.ModelProto,

@@ -36,7 +36,8 @@ from onnx import TensorProto, helper, numpy_helper
 from .errors import UnsupportedModelError
 
 __all__ = ["SurrogateRecord", "Fidelity", "SurrogateWarning", "float_surrogate", "surrogate_model",
-           "fidelity", "report", "MIN_OPSET"]
+           "fidelity", "report", "cast_io", "io_types", "MIN_OPSET", "META"]
+META = "onnx_xai.surrogate"  # metadata of graphs built on a surrogate: what was changed
 MIN_OPSET = 16
 logger = logging.getLogger("onnx_xai")
 _SUFFIX = "__xai_float"
@@ -488,6 +489,38 @@ class _Dequantizer:
         inits = [t for t in self.g.initializer if t.name in needed]
         del self.g.initializer[:]
         self.g.initializer.extend(inits)
+
+
+def io_types(proto: onnx.ModelProto) -> dict[str, int]:
+    """Element type of each graph input and output of ``proto`` (by name)."""
+    return {v.name: v.type.tensor_type.elem_type for v in list(proto.graph.input) + list(proto.graph.output)}
+
+
+def cast_io(proto: onnx.ModelProto, types: dict[str, int]) -> onnx.ModelProto:
+    """Copy of ``proto`` (a graph built on a surrogate, float32 at its edges) whose inputs and
+    outputs named in ``types`` take / return those element types again, through ``Cast``
+    nodes at the edges: a float16 model's explainer takes and returns float16 tensors."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    g = out.graph
+    front, back = [], []
+    for value, is_input in [(v, True) for v in g.input] + [(v, False) for v in g.output]:
+        elem = types.get(value.name)
+        if elem is None or elem == value.type.tensor_type.elem_type:
+            continue
+        inner = f"{value.name}{_SUFFIX}"
+        for node in g.node:
+            node.input[:] = [inner if i == value.name else i for i in node.input]
+            if not is_input:
+                node.output[:] = [inner if o == value.name else o for o in node.output]
+        src, dst, to = (value.name, inner, value.type.tensor_type.elem_type) if is_input else (inner, value.name, elem)
+        (front if is_input else back).append(
+            helper.make_node("Cast", [src], [dst], to=to, name=f"{value.name}__xai_cast"))
+        value.type.tensor_type.elem_type = elem
+    nodes = front + list(g.node) + back
+    del g.node[:]
+    g.node.extend(nodes)
+    return out
 
 
 # ---------------------------------------------------------------------------- models

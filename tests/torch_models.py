@@ -110,3 +110,31 @@ def tiny_bert(num_labels: int = 3, seed: int = 0) -> tuple[nn.Module, bytes]:
                           input_names=["input_ids", "attention_mask"], output_names=["logits"],
                           dynamic_axes=axes)
     return net, buf.getvalue()
+
+
+class TinySqueezeNet(nn.Module):
+    """SqueezeNet 1.1 in miniature: conv, ReLU, MaxPool(ceil_mode), two Fire modules (squeeze
+    1x1, expand 1x1 and 3x3 concatenated), MaxPool, a 1x1 conv classifier, global average pool.
+    Module names ``features.*`` / ``classifier.*`` as torchvision's."""
+
+    class Fire(nn.Module):
+        def __init__(self, cin, squeeze, expand):
+            super().__init__()
+            self.squeeze, self.relu = nn.Conv2d(cin, squeeze, 1), nn.ReLU(inplace=True)
+            self.expand1x1, self.expand3x3 = nn.Conv2d(squeeze, expand, 1), nn.Conv2d(squeeze, expand, 3, padding=1)
+
+        def forward(self, x):
+            s = self.relu(self.squeeze(x))
+            return torch.cat([self.relu(self.expand1x1(s)), self.relu(self.expand3x3(s))], 1)
+
+    def __init__(self, n_classes=5):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, stride=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, ceil_mode=True),
+            TinySqueezeNet.Fire(16, 4, 8), TinySqueezeNet.Fire(16, 4, 8),
+            nn.MaxPool2d(3, 2, ceil_mode=True), TinySqueezeNet.Fire(16, 6, 12))
+        self.classifier = nn.Sequential(nn.Conv2d(24, n_classes, 1), nn.ReLU(inplace=True),
+                                        nn.AdaptiveAvgPool2d(1))
+
+    def forward(self, x):
+        return torch.flatten(self.classifier(self.features(x)), 1)
