@@ -4,9 +4,10 @@ LayerIntegratedGradients on the same weights (goal ≤ 0.5×).
 BERT-tiny's shape (google/bert_uncased_L-2_H-128_A-2: 2 layers, hidden 128, 2 heads, intermediate
 512, vocab 30522) with seeded random weights, a 3-class head, exported with torch.onnx; one
 sequence of ``--tokens`` ids, ``--steps`` path points (gausslegendre, as Captum's default), both
-libraries on ``--threads`` threads; Captum evaluates all path points in one batch (its default),
-ours in cache-sized runs. Also checks that the two agree. Times are medians of interleaved runs,
-after one warm-up each (our gradient model is built once and cached, as in an audit).
+libraries on ``--threads`` threads, each with its default batching: Captum all path points in
+one batch, ours runs of ``internal_batch_size`` 16 spread over its CPU workers. Also checks that
+the two agree. Times are medians of interleaved runs, after one warm-up each (our gradient model
+is built once and cached, as in an audit).
 
     python benchmarks/text_ig.py [--tokens 64] [--steps 50] [--threads 2] [--repeats 5]
 """
@@ -57,7 +58,7 @@ def main() -> None:
     lig = LayerIntegratedGradients(lambda i, m: net(input_ids=i, attention_mask=m).logits,
                                    net.bert.embeddings.word_embeddings)
     ours = EmbeddingIG(Model(data, device="cpu", threads=args.threads, verbose=False),
-                       n_steps=args.steps, internal_batch_size=args.steps)
+                       n_steps=args.steps)  # internal_batch_size: its default (16)
 
     def captum():
         return lig.attribute(t_ids, baselines=torch.zeros_like(t_ids), target=1, n_steps=args.steps,
