@@ -62,7 +62,7 @@ class ExportPlan:
     fold: Any = None  # tokens.TokenFold of a transformer token layer, folded in the graph
 
 _FLIPPED = ("gradcam", "gradcampp", "cam")  # older exports carry no "hot": their flipped methods
-CLASS_IDX, SALIENCY = "class_idx", "saliency"
+CLASS_IDX, SALIENCY, REGION = "class_idx", "saliency", "region"
 _META = "onnx_xai.explainer"
 # metadata_props of an exported explainer, readable by any ONNX tool (and by ORT's
 # ``session.get_modelmeta().custom_metadata_map``): the method, and which end of the
@@ -187,6 +187,25 @@ def _class_head(b: graph.NodeBuilder, output: str, n_classes: int, weights: str)
     return idx
 
 
+def _dense_class_head(b: graph.NodeBuilder, output: str, rank: int, n_classes: int, weights: str) -> str:
+    """A dense output ``(B, K, *s)`` (segmentation): ``idx = class_idx < 0 ? argmax_k max_s
+    output : class_idx`` ``(B,)`` (returned); ``weights = one_hot(idx) · mask`` with ``mask``
+    the ``region`` input ``(B | 1, *s)`` where it is >= 0, else where the argmax class is
+    ``idx`` (a ``RegionTarget``; the default region of ones sums every position)."""
+    ones = [1] * (rank - 1)
+    top = b.op("ArgMax", [b.op("Reshape", [b.reduce("ReduceMax", output, list(range(2, rank))),
+                                           b.const([0, -1])])], axis=1, keepdims=0)
+    idx = b.op("Where", [b.op("Less", [CLASS_IDX, b.const(0)]), top, CLASS_IDX])
+    hot = b.op("OneHot", [idx, b.const(n_classes), b.const([0.0, 1.0], np.float32)], axis=-1)
+    hot = b.op("Reshape", [hot, b.const([0, n_classes] + ones[1:])])
+    same = b.op("Equal", [b.op("ArgMax", [output], axis=1, keepdims=1), b.op("Reshape", [idx, b.const([-1] + ones)])])
+    region = b.op("Unsqueeze", [REGION, b.const([1])])
+    mask = b.op("Where", [b.op("Less", [region, b.const(0.0, np.float32)]),
+                          b.op("Cast", [same], to=onnx.TensorProto.FLOAT), region])
+    b.op("Mul", [hot, mask], out=weights)
+    return idx
+
+
 def _insert_after(g, producer_of: str, nodes: list) -> None:
     at = next(i for i, n in enumerate(g.node) if producer_of in n.output)
     for k, node in enumerate(nodes):
@@ -287,13 +306,15 @@ def export_explainer(model: Any, method: str = "gradcam", target_layers: str | S
     feeds = input_shapes(m, int(fixed or 1), per_sample, extra_shapes)
     static = graph.static_shapes(proto, feeds)
     shapes = graph.tensor_shapes(static)
-    if graph.tensor_types(static).get(output) != onnx.TensorProto.FLOAT or len(shapes.get(output, ())) != 2:
+    if graph.tensor_types(static).get(output) != onnx.TensorProto.FLOAT or len(shapes.get(output, ())) < 2:
         raise UnsupportedModelError(f"output {output!r} is {shapes.get(output)} at batch 1 (type "
                                     f"{graph.tensor_types(static).get(output)}); export_explainer "
-                                    "needs a float32 (B, K) classifier output")
+                                    "needs a float32 (B, K) classifier or (B, K, *s) segmentation output")
     layer, explainer = None, (info.impl(m) if info.kind == "gradient" else None)
     if info.kind == "cam":
         layers = [target_layers] if isinstance(target_layers, str) else list(target_layers or [])
+        if layers and layout_of.is_folded(m):  # an NHWC feature map: its NCHW twin
+            layers[-1] = layout_of.channel_first_layer(proto, layers[-1])
         layer = (graph.resolve_layer(proto, layers[-1]) if layers else
                  choose_layer(proto, feeds, m.input_name).tensor)
         extra = {"fc_layers": fc_layers} if "fc_layers" in inspect.signature(info.impl).parameters else {}
@@ -362,7 +383,9 @@ def _finish(m: Model, proto: onnx.ModelProto, shapes: dict, plan: ExportPlan) ->
     out.CopyFrom(plan.core)
     g = out.graph
     b = graph.NodeBuilder(out, _opset(proto))
-    idx = _class_head(b, plan.output, shapes[plan.output][1], plan.weights)
+    dense = len(shapes[plan.output]) > 2  # a segmentation output: class_idx and region inputs
+    idx = (_dense_class_head(b, plan.output, len(shapes[plan.output]), shapes[plan.output][1], plan.weights)
+           if dense else _class_head(b, plan.output, shapes[plan.output][1], plan.weights))
     _insert_after(g, plan.output, b.nodes)
     b.nodes = []
     nd = 1 + len(plan.per_sample)  # rank of the input (and of a CAM layer)
@@ -382,8 +405,8 @@ def _finish(m: Model, proto: onnx.ModelProto, shapes: dict, plan: ExportPlan) ->
         if not plan.normalize:  # else left out: a positive per-sample factor cancels there
             scored = {"none": plan.output, "softmax": b.op("Softmax", [plan.output], axis=1),
                       "sigmoid": b.op("Sigmoid", [plan.output])}[plan.score_activation]
-            s = b.reduce("ReduceSum", b.op("Mul", [scored, plan.weights]), [1])
-            score = b.op("Unsqueeze", [s, b.const(list(range(2, nd)))])
+            s = b.reduce("ReduceSum", b.op("Mul", [scored, plan.weights]), list(range(1, len(shapes[plan.output]))))
+            score = b.op("Reshape", [s, b.const([-1] + [1] * (nd - 1))])
         taps = GraphTaps(act, grad, score, idx, nd, channels[0])
         raw = plan.explainer.graph_rule(b, taps)
         post = _postprocess(b, raw, plan.per_sample[1:], plan.upsample, plan.normalize,
@@ -401,6 +424,10 @@ def _finish(m: Model, proto: onnx.ModelProto, shapes: dict, plan: ExportPlan) ->
     g.input.append(helper.make_tensor_value_info(CLASS_IDX, onnx.TensorProto.INT64, [None]))
     g.initializer.append(numpy_helper.from_array(
         np.array([-1 if plan.class_idx is None else int(plan.class_idx)], np.int64), CLASS_IDX))
+    if dense:  # the region summed: (B | 1, *s) weights, -1 = where the class is predicted
+        out_spatial = list(shapes[plan.output][2:])
+        g.input.append(helper.make_tensor_value_info(REGION, onnx.TensorProto.FLOAT, [None] + out_spatial))
+        g.initializer.append(numpy_helper.from_array(np.ones([1] + out_spatial, np.float32), REGION))
     del g.value_info[:]
     out = passes.name_nodes(passes.dead_nodes(out))
     out.ir_version = max(proto.ir_version, 4)  # inputs with initializers are optional from IR 4

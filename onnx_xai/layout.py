@@ -161,3 +161,27 @@ def argument_to_channel_first(model, a: Any) -> Any:
     if a.ndim == rank:
         return np.moveaxis(a, -1, 1)
     return np.moveaxis(a, -1, 0) if a.ndim == rank - 1 else a
+
+
+def channel_first_layer(proto: onnx.ModelProto, name: str) -> str:
+    """The channel-first twin of a channel-last feature map: for the tensor ``name`` (any
+    layer name) made by a ``Transpose`` from channel-first, that Transpose's input; read by a
+    ``Transpose`` to channel-first, that Transpose's output (the same values, channels on
+    axis 1, as CAMs read them); else ``name`` itself. Keras graphs converted without
+    tf2onnx's transpose optimiser keep such NHWC tensors between their convolutions."""
+    from .graph import resolve_layer
+
+    tensor = resolve_layer(proto, name)
+
+    def perm(node):
+        return next((list(helper.get_attribute_value(a)) for a in node.attribute if a.name == "perm"), None)
+
+    for node in proto.graph.node:
+        p = perm(node) if node.op_type == "Transpose" else None
+        if p is None or len(p) < 4:
+            continue
+        if tensor in node.output and p == last_perm(len(p)):
+            return node.input[0]
+        if tensor in node.input and p == first_perm(len(p)):
+            return node.output[0]
+    return name

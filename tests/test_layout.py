@@ -171,3 +171,21 @@ def test_cli_explains_and_exports_nhwc(tmp_path):
     assert main(["explain", str(tmp_path / "e.onnx"), *args[1:], "--out", str(tmp_path / "e")]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "e" / "s_npy_embedded.npy"), np.abs(grads).sum(-1),
                                rtol=1e-4, atol=1e-7)
+
+
+def test_nhwc_feature_map_is_read_through_its_nchw_twin(tmp_path):
+    """A Keras graph converted without the transpose optimiser keeps NHWC tensors between
+    layers: a CAM of one equals the CAM of the channel-first tensor it transposes."""
+    proto = onnx.load(MODEL)
+    g = proto.graph
+    at = next(i for i, n in enumerate(g.node) if n.name == LAYER)
+    tensor = g.node[at].output[0]
+    for node in g.node[at + 1:]:
+        node.input[:] = ["back" if i == tensor else i for i in node.input]
+    g.node.insert(at + 1, oh.make_node("Transpose", [tensor], ["feat_nhwc"], perm=[0, 2, 3, 1]))
+    g.node.insert(at + 2, oh.make_node("Transpose", ["feat_nhwc"], ["back"], perm=[0, 3, 1, 2]))
+    model = ox.Model(proto, verbose=False)
+    want = GradCAM(ox.Model(MODEL, verbose=False), LAYER)(X)
+    np.testing.assert_allclose(GradCAM(model, "feat_nhwc")(X), want, rtol=1e-5, atol=1e-6)
+    explainer = ox.Model(export_explainer(model, "gradcam", "feat_nhwc"), verbose=False, layout="nchw")
+    np.testing.assert_allclose(explainer.predict(X, outputs=["saliency"])["saliency"], want, rtol=1e-4, atol=1e-5)

@@ -20,7 +20,7 @@ from ..autodiff import gradient_model
 from ..autodiff.passes import constant_values
 from ..errors import TOKEN_HINT, NonFiniteError, UnsupportedModelError
 from ..finite import check_finite_output, describe_nonfinite
-from ..layout import channel_first, to_channel_first
+from ..layout import channel_first, channel_first_layer, is_folded, to_channel_first
 from ..runtime import Model
 from ..surrogate_graph import surrogate_model
 
@@ -241,6 +241,8 @@ class CAMMethod:
         proto = self.model.require_proto("CAM")
         for name in layers:
             graph.resolve_layer(proto, name)  # unknown names fail here, listing close ones
+        if is_folded(self.model):  # a channel-last model's NHWC feature maps: their NCHW twins
+            layers = [channel_first_layer(proto, name) for name in layers]
         self.target_layers = layers
         self.batch_size = targets.positive_int("batch_size", batch_size)
         self.upsampler = default_upsampler if upsampler is None else upsampler
