@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnx_xai import AttentionRollout, GradientRollout, Model
+from onnx_xai import AttentionRollout, GradientRollout, Model, UnsupportedModelError
 
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
@@ -62,3 +62,14 @@ def test_timm_rollouts_equal_the_references(name):
     ref = grid(chefer_relevance(atts, grads, row=row), prefix, (4, 4))
     np.testing.assert_allclose(GradientRollout(model, postprocessing=lambda m: m)(x, [2, 4]),
                                upsampled(ref, (32, 32)), rtol=1e-4, atol=1e-7)
+
+
+def test_swin_windowed_attention_is_refused():
+    from timm.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    net = SwinTransformer(img_size=32, patch_size=4, window_size=4, embed_dim=16, depths=(1, 1),
+                          num_heads=(2, 2), num_classes=3).eval()
+    method = AttentionRollout(torch_models.export_onnx(net, torch.randn(2, 3, 32, 32)))
+    with pytest.raises(UnsupportedModelError, match=r"runs over 4 windows per sample.*gradcam"):
+        method(np.zeros((1, 3, 32, 32), np.float32))

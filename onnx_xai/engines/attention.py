@@ -81,13 +81,19 @@ def _layout(model: Model, sample_shape: tuple[int, ...]) -> AttentionLayout:
     if not tensors:
         raise UnsupportedModelError(_NO_ATTENTION.format(
             what="no Softmax of this model is a (B, heads, T, T) attention (a CNN?)"))
-    sizes = {shapes[t][-1] for t in tensors}
-    if len(sizes) > 1 or any(shapes[t][0] != batch for t in tensors if len(shapes[t]) == 4):
+    windowed = [t for t in tensors if len(shapes[t]) == 4 and shapes[t][0] != batch]
+    if windowed:
         raise UnsupportedModelError(
-            f"the attention tensors have token counts {sorted(sizes)} or window batches "
-            "(Swin-style windowed attention): rollout multiplies the attention of every block "
-            "over one token set; use gradcam on a block's output instead")
-    tokens = sizes.pop()
+            f"the attention {windowed[0]!r} {shapes[windowed[0]]} runs over {shapes[windowed[0]][0] // batch} "
+            "windows per sample (Swin-style windowed attention): rollout needs global "
+            "self-attention over one token set; use gradcam on a stage's output instead")
+    sizes = sorted({shapes[t][-1] for t in tensors})
+    if len(sizes) > 1:
+        raise UnsupportedModelError(
+            f"the attention tensors have different token counts {sizes} (a hierarchical or "
+            "pooling transformer): rollout multiplies the attention of every block over one "
+            "token set; use gradcam on a block's output instead")
+    tokens = sizes[0]
     if model.input.dtype.kind in "iu" and len(sample_shape) == 1:  # token ids (B, T)
         return AttentionLayout(tuple(tensors), tokens, 0, ())
     if len(sample_shape) != 3:
