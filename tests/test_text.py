@@ -278,3 +278,27 @@ def test_quantized_bert_embedding_ig_through_the_float_surrogate(bert, quantized
     got = EmbeddingIG(str(quantized_bert), n_steps=16)(ids, 1, extra_inputs={"attention_mask": mask})
     assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99  # 8-bit weights: close, not equal
     assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
+
+
+def test_token_type_ids_pass_through(tmp_path):
+    """A three-input BERT: token_type_ids reach every method (Captum / torch with the same ids)."""
+    from captum.attr import LayerIntegratedGradients
+
+    net, data = tiny_bert(token_types=True)
+    ids = np.random.default_rng(1).integers(5, 100, (1, 8))
+    types = np.array([[0, 0, 0, 0, 1, 1, 1, 1]])
+    extra = {"attention_mask": np.ones_like(ids), "token_type_ids": types}
+    model = Model(data)
+    t = {k: torch.as_tensor(v) for k, v in extra.items()}
+    lig = LayerIntegratedGradients(lambda i, m, tt: net(input_ids=i, attention_mask=m, token_type_ids=tt).logits,
+                                   net.bert.embeddings.word_embeddings)
+    want = lig.attribute(torch.as_tensor(ids), baselines=torch.zeros_like(torch.as_tensor(ids)), target=2,
+                         additional_forward_args=(t["attention_mask"], t["token_type_ids"]),
+                         n_steps=8).sum(-1).detach().numpy()
+    got = EmbeddingIG(model, n_steps=8)(ids, 2, extra_inputs=extra)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    with torch.no_grad():
+        logit = lambda i: net(input_ids=torch.as_tensor(i), **t).logits[0, 2].item()  # noqa: E731
+        occ = [logit(ids) - logit(np.where(np.arange(8) == k, MASK_ID, ids)) for k in range(8)]
+    np.testing.assert_allclose(TokenOcclusion(model, mask_id=MASK_ID)(ids, 2, extra_inputs=extra)[0], occ,
+                               rtol=1e-3, atol=1e-6)

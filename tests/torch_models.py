@@ -90,10 +90,11 @@ def randomize_bn(net: nn.Module) -> nn.Module:
     return net.eval()
 
 
-def tiny_bert(num_labels: int = 3, seed: int = 0) -> tuple[nn.Module, bytes]:
+def tiny_bert(num_labels: int = 3, seed: int = 0, token_types: bool = False) -> tuple[nn.Module, bytes]:
     """(HF ``BertForSequenceClassification`` with seeded random weights, onnx bytes): vocab 100,
-    hidden 32, 2 layers, 2 heads; inputs ``input_ids``, ``attention_mask`` ``(B, T)`` int64
-    (batch and length dynamic) → ``logits`` ``(B, num_labels)``. Needs ``transformers``."""
+    hidden 32, 2 layers, 2 heads; inputs ``input_ids``, ``attention_mask`` (and with
+    ``token_types`` ``token_type_ids``) ``(B, T)`` int64 (batch and length dynamic) →
+    ``logits`` ``(B, num_labels)``. Needs ``transformers``."""
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
@@ -102,13 +103,13 @@ def tiny_bert(num_labels: int = 3, seed: int = 0) -> tuple[nn.Module, bytes]:
     net = BertForSequenceClassification(cfg).eval()
     ids = torch.randint(5, 100, (2, 12))
     buf = io.BytesIO()
-    axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
-            "logits": {0: "batch"}}
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if token_types else [])
+    axes = {n: {0: "batch", 1: "tokens"} for n in names} | {"logits": {0: "batch"}}
+    args = (ids, torch.ones_like(ids)) + ((torch.zeros_like(ids),) if token_types else ())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (ids, torch.ones_like(ids)), buf, dynamo=False, opset_version=17,
-                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                          dynamic_axes=axes)
+        torch.onnx.export(net, args, buf, dynamo=False, opset_version=17, input_names=names,
+                          output_names=["logits"], dynamic_axes=axes)
     return net, buf.getvalue()
 
 
