@@ -287,8 +287,8 @@ def test_black_box_methods_run_the_served_model(nets, kind):
 
 
 # ---------------------------------------------------------------------------- export
-@pytest.mark.parametrize("kind", GRAPHS)
-@pytest.mark.parametrize("method", ["gradcam", "vanilla"])
+@pytest.mark.parametrize("method,kind", [("gradcam", k) for k in GRAPHS]
+                         + [("vanilla", k) for k in ("opset9", "qdq", "dynamic", "fp16")])
 def test_exported_explainer_loads_and_equals_python(nets, kind, method):
     """The explainer is built on the surrogate, loads in ONNX Runtime and runs in the served
     model's I/O dtype; its map equals the Python method's for the same classes."""
