@@ -21,24 +21,14 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
 from onnx_xai import cli  # noqa: E402
-from onnx_xai.audit import Config, RunOptions, audit_folder  # noqa: E402
 from onnx_xai.engines.ray_audit import RayOptions, actor_count  # noqa: E402
 from test_audit import SHAPES, shapes_png  # noqa: E402
 
 N = 40
 METHODS = ["occlusion", "gradcam"]
-OPTIONS = {"mask_size": 16, "overlap": 0.5}
 CLI_ARGS = ["--methods", ",".join(METHODS), "--mask-size", "16", "--overlap", "0.5", "--metric-steps", "4",
-            "--threads", "1"]
+            "--threads", "1"]  # every run: the same settings, so the same markers' signature
 FILES = {"done.json", "input.png"} | {f"{m}.{ext}" for m in METHODS for ext in ("png", "npy", "json")}
-
-
-def config() -> Config:
-    """The same settings as ``CLI_ARGS`` (so the CLI's run and these compare file by file)."""
-    prep = {k: None for k in ("size", "mean", "std", "scale", "layout", "labels")}
-    options = {k: None for k in ("layer", "batch", "stride", "n_masks", "samples", "steps", "seed")}
-    return Config(model=str(SHAPES), methods=METHODS, options={**options, **OPTIONS, "extra": {}},
-                  threads=1, prep=prep, metric_steps=4)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +52,7 @@ def images(tmp_path_factory) -> Path:
 def local(images) -> Path:
     """The local engine's audit of the images: the reference."""
     out = images.parent / "local"
-    result = audit_folder(config(), images, out, RunOptions(progress=False))
-    assert [r["status"] for r in result.records] == ["ok"] * N
+    assert cli.main(["audit", str(SHAPES), str(images), *CLI_ARGS, "--out", str(out), "--quiet"]) == 0
     return out
 
 
@@ -153,24 +142,30 @@ def test_ray_engine_writes_what_the_local_engine_writes(cluster, images, local, 
     assert json.loads((out / "summary.json").read_text())["engine"] == "ray"
 
 
-def test_killed_worker_actor_every_input_done_exactly_once(cluster, images, local):
+def test_killed_worker_actor_every_input_done_exactly_once(cluster, images, local, capsys):
     out = images.parent / "ray_kill_actor"
-    result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(run=audit_folder(
-        config(), images, out, RunOptions(engine="ray", progress=False, ray=RayOptions(actors=2)))))
-    thread.start()
-    try:
-        assert wait_until(lambda: map_workers(busy=True) and list(out.glob("inputs/*/done.json"))), \
-            f"the actors never started: {_descendants(os.getpid())}"
-        victim = map_workers(busy=True)[0]
-        os.kill(victim, signal.SIGKILL)
-        done_then = len(list(out.glob("inputs/*/done.json")))
-    finally:
-        thread.join(timeout=240)
-    assert not thread.is_alive() and "run" in result, "the audit did not finish after its actor died"
-    assert done_then < N, "kill an actor while inputs are left"
-    assert [r["status"] for r in result["run"].records] == ["ok"] * N
-    assert victim not in map_workers()
+    killed: dict = {}
+    stop = threading.Event()
+
+    def kill_one_actor() -> None:  # while the audit runs in this process's main thread
+        if wait_until(lambda: stop.is_set() or (map_workers(busy=True) and list(out.glob("inputs/*/done.json")))) \
+                and not stop.is_set():
+            killed["pid"] = map_workers(busy=True)[0]
+            os.kill(killed["pid"], signal.SIGKILL)
+            killed["done"] = len(list(out.glob("inputs/*/done.json")))
+
+    killer = threading.Thread(target=kill_one_actor, daemon=True)
+    killer.start()
+    code = cli.main(["audit", str(SHAPES), str(images), *CLI_ARGS, "--out", str(out), "--engine", "ray",
+                     "--ray-actors", "2", "--quiet"])
+    stop.set()
+    killer.join()
+    captured = capsys.readouterr()
+    assert "pid" in killed, f"no busy actor was seen: {_descendants(os.getpid())}"
+    assert killed["done"] < N, "kill an actor while inputs are left"
+    assert code == 0, captured.err
+    assert f"{N} inputs (0 already done, 0 failed)" in captured.out
+    assert killed["pid"] not in map_workers()
     same_outputs(out, local)
 
 

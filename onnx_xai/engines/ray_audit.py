@@ -136,25 +136,17 @@ def run_job(job: AuditJob, done: Callable[[int, dict], None]) -> None:
     ray = import_ray()
     options = job.run.ray if job.run.ray is not None else RayOptions()
     disconnect = _connect(ray, options)
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.enable_progress_bars
+    ctx.enable_progress_bars = False  # the driver's one bar over all inputs instead
     try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False  # the driver's one bar over all inputs instead
-        ctx.print_on_execution_start = False
-        n = len(job.tasks)
-        actors = actor_count(options, ray.cluster_resources(), n)
+        actors = actor_count(options, ray.cluster_resources(), len(job.tasks))
         if job.run.on_note:
             job.run.on_note(f"ray: {actors} actor{'s' if actors != 1 else ''} × {options.cpus_per_actor:g} CPU"
                             + (f" + {options.gpus_per_actor:g} GPU" if options.gpus_per_actor else "")
                             + f", batches of {options.batch_size}")
-        rows = [{"index": i, "path": path, "dest": dest} for i, path, dest in job.tasks]
-        blocks = max(1, min(math.ceil(n / options.batch_size), 16 * actors))
-        data = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
-            AuditActor, fn_constructor_kwargs={"config": actor_config(job.config, options),
-                                               "signature": job.signature},
-            batch_size=options.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
-            num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor or None)
         try:
-            for batch in data.iter_batches(batch_size=None, batch_format="numpy"):
+            for batch in dataset(ray, job, options, actors).iter_batches(batch_size=None, batch_format="numpy"):
                 for i, text in zip(batch["index"], batch["record"]):
                     done(int(i), json.loads(text))
         except Exception as exc:
@@ -164,8 +156,20 @@ def run_job(job: AuditJob, done: Callable[[int, dict], None]) -> None:
             raise OnnxXaiError(f"the Ray audit failed ({one_line(exc)}); what was done is kept: "
                                f"run the same command again to resume") from exc
     finally:
+        ctx.enable_progress_bars = saved
         if disconnect:
             ray.shutdown()
 
 
-__all__ = ["RayOptions", "AuditActor", "run_job", "actor_count", "import_ray", "INSTALL"]
+def dataset(ray: Any, job: AuditJob, options: RayOptions, actors: int) -> Any:
+    """The Ray Dataset of the job's records: its tasks (``index``, ``path``, ``dest``) in blocks
+    of a few batches (a retried block redoes little), mapped by a pool of ``actors`` ``AuditActor``."""
+    rows = [{"index": i, "path": path, "dest": dest} for i, path, dest in job.tasks]
+    blocks = max(1, min(math.ceil(len(rows) / options.batch_size), 64 * actors))
+    return ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
+        AuditActor, fn_constructor_kwargs={"config": actor_config(job.config, options), "signature": job.signature},
+        batch_size=options.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor or None)
+
+
+__all__ = ["RayOptions", "AuditActor", "run_job", "dataset", "actor_count", "actor_config", "import_ray"]
