@@ -23,6 +23,8 @@ from .runtime import ModelSource, softmax
 
 __all__ = ["explain_tokens", "load_tokenizer", "encode", "render_html", "explain_text"]
 
+#: registry kinds that explain token ids (B, T) → (B, T): token methods, attention rollouts
+TEXT_KINDS = ("token", "attention")
 #: the usual names of a token model's other inputs → the ``tokenizers`` Encoding field
 _FIELDS = {"attention_mask": "attention_mask", "token_type_ids": "type_ids"}
 
@@ -38,8 +40,8 @@ def explain_tokens(model: ModelSource, input_ids: Any, target: Any = None, *,
     model's other inputs (``attention_mask=...``, ``token_type_ids=...``).
     """
     info = registry.get(method)
-    if info.kind != "token":
-        names = [i.name for i in registry.infos() if i.kind == "token"]
+    if info.kind not in TEXT_KINDS:
+        names = [i.name for i in registry.infos() if i.kind in TEXT_KINDS]
         raise ValueError(f"method {method!r} is not a token method; token methods: {names}")
     explainer = info.impl(targets.as_model(model), **(options or {}))
     return explainer(input_ids, target, extra_inputs=extra_inputs)
@@ -114,8 +116,8 @@ def explain_text(model: Any, tokenizer: Any, text: str, target: Any, out: Path,
               "target": {"index": cls, "label": label, "probability": float(probs[cls])}}
     for name in params:
         info = registry.get(name)
-        if info.kind != "token":
-            raise ValueError(f"--text needs token methods ({', '.join(i.name for i in registry.infos() if i.kind == 'token')}); "
+        if info.kind not in TEXT_KINDS:
+            raise ValueError(f"--text needs token methods ({', '.join(i.name for i in registry.infos() if i.kind in TEXT_KINDS)}); "
                              f"{name!r} explains {info.kind} inputs")
         tgt = targets.ClassTarget(index=cls, activation=info.score)
         scores = info.impl(model, **params[name]).explain(ids, tgt, extra_inputs=extra)[0]

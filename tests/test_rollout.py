@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx.helper as oh
@@ -247,3 +248,20 @@ def test_bert_token_rollouts_equal_the_references():
     np.testing.assert_allclose(raw, cls_rows(paper_rollout([a.numpy() for a in atts])), rtol=1e-5, atol=1e-7)
     grad = GradientRollout(model, postprocessing=identity).explain(ids, ClassTarget(index=1), **extra)
     np.testing.assert_allclose(grad, cls_rows(chefer_relevance(atts, grads)), rtol=1e-4, atol=1e-8)
+
+
+def test_cli_text_runs_the_rollouts_on_the_shipped_sentiment_bert(tmp_path):
+    """``onnx-xai explain MODEL --text`` with rollout / grad-rollout on the example BERT
+    (examples/text, trained on sentiment): one score per token, the sentiment word on top."""
+    from onnx_xai.cli import main
+
+    pytest.importorskip("tokenizers")
+    model = Path(__file__).resolve().parent.parent / "examples" / "text" / "sentiment_bert.onnx"
+    out = tmp_path / "o"
+    assert main(["explain", str(model), "--text", "a wonderful, moving film", "--method",
+                 "rollout,grad-rollout", "--out", str(out), "--quiet"]) == 0
+    record = json.loads((out / "text.json").read_text())
+    for name in ("rollout", "grad-rollout"):
+        scores = record["methods"][name]["scores"]
+        assert len(scores) == len(record["tokens"]) and record["tokens"][int(np.argmax(scores))] == "wonderful"
+        assert (out / f"text_{name}.html").read_text().count('class="t"') == len(record["tokens"])
