@@ -368,12 +368,12 @@ def _input_layout(out: onnx.ModelProto, m: Model, kind: str) -> onnx.ModelProto:
             node.output[:] = [inner if o == SALIENCY else o for o in node.output]
         g.node.append(helper.make_node("Transpose", [inner], [SALIENCY], perm=perm,
                                        name=f"{SALIENCY}__xai_layout"))
-        dims = value_dims = next(o for o in g.output if o.name == SALIENCY).type.tensor_type.shape.dim
-        old = [onnx.TensorShapeProto.Dimension() for _ in dims]
-        for keep, dim in zip(old, dims):
-            keep.CopyFrom(dim)
+        dims = next(o for o in g.output if o.name == SALIENCY).type.tensor_type.shape.dim
+        first = [onnx.TensorShapeProto.Dimension() for _ in dims]  # copies: dims is rewritten
+        for copy, dim in zip(first, dims):
+            copy.CopyFrom(dim)
         for i, axis in enumerate(perm):
-            value_dims[i].CopyFrom(old[axis])
+            dims[i].CopyFrom(first[axis])
     return out
 
 

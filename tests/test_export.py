@@ -284,9 +284,11 @@ def test_errors(resnet):
     with pytest.raises(UnsupportedModelError, match="com.microsoft:Gelu .'ms_gelu'"):
         export_explainer(_model_with(gelu, "com.microsoft"), "gradcam", "c")
     relu = helper.make_node("Relu", ["c"], ["n"])
-    dense = export_onnx(nn.Conv2d(3, 2, 3, padding=1), torch.randn(1, 3, 8, 8))
-    with pytest.raises(UnsupportedModelError, match=r"\(B, K\) classifier output"):
-        export_explainer(dense, "vanilla")
+    class Total(nn.Module):  # one value per sample (B,): neither (B, K) nor (B, K, *s)
+        def forward(self, x):
+            return x.sum((1, 2, 3))
+    with pytest.raises(UnsupportedModelError, match=r"\(B, K\) classifier or \(B, K, \*s\) segmentation"):
+        export_explainer(export_onnx(Total(), torch.randn(1, 3, 8, 8)), "vanilla")
     free_hw = _model_with(relu, shape=("b", 3, "h", "w"))
     with pytest.raises(ValueError, match="input_shape"):
         export_explainer(free_hw, "vanilla")

@@ -131,3 +131,33 @@ def test_toy_segmenter_region_explanations_hit_their_object(how):
             sal = ox.RISE(model, n_masks=200, cell_size=8, seed=0, verbose=False).explain(x, target)
         hits = [ox.metrics.pointing_game(sal, masks[j]).mean() for j in range(len(masks))]
         assert hits[k] >= 0.9 and all(h == 0 for j, h in enumerate(hits) if j != k), (how, k, hits)
+
+
+def test_exported_segmentation_explainer_takes_class_and_region(unet):
+    """export_explainer on a UNet: inputs class_idx and region ((B | 1, *s) weights, -1 =
+    where the class is predicted, default ones = every position). The exported gradient
+    equals torch autograd of the region score; the exported Grad-CAM equals GradCAM with
+    the RegionTarget (itself checked against torch above)."""
+    dims, net, model, x = unet
+    xt = torch.from_numpy(x)
+    layer = next(l.tensor for l in model.layers() if "submodule/submodule" in l.tensor and l.op_type == "Add")
+    grad_model = ox.Model(ox.export_explainer(model, "vanilla").SerializeToString(), verbose=False)
+    cam_model = ox.Model(ox.export_explainer(model, "gradcam", target_layers=layer).SerializeToString(), verbose=False)
+    assert [i.name for i in grad_model.optional_inputs] == ["class_idx", "region"]
+    for name, region, ref_mask in _regions(dims, xt, net):
+        if name == "box":
+            continue
+        feed = -np.ones((1, *SHAPES[dims]), np.float32) if name == "predicted" else region[None]
+        extra = {"class_idx": np.array([1]), "region": feed}
+        xg = xt.clone().requires_grad_(True)
+        (net(xg)[:, 1] * ref_mask).sum().backward()
+        got = grad_model.predict(x, outputs=["saliency"], extra_inputs=extra)["saliency"]
+        want = xg.grad.numpy()
+        assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), name
+        cam = cam_model.predict(x, outputs=["saliency"], extra_inputs=extra)["saliency"]
+        ref = ox.GradCAM(model, target_layers=layer)(x, RegionTarget(index=1, region=region))
+        np.testing.assert_allclose(cam, ref, atol=1e-5, err_msg=name)
+    xg = xt.clone().requires_grad_(True)
+    net(xg)[:, 2].sum().backward()  # default region: the class summed over every position
+    got = grad_model.predict(x, outputs=["saliency"], extra_inputs={"class_idx": np.array([2])})["saliency"]
+    assert np.abs(got - xg.grad.numpy()).max() <= 1e-4 * np.abs(xg.grad.numpy()).max()
