@@ -117,7 +117,7 @@ def test_output_target_on_a_regression_output():
         ClassTarget().weights(model.predict(x, outputs="z"))
 
 
-METHODS = [i for i in registry.infos() if i.kind not in ("matlab", "token") and i.name != "cam"]
+METHODS = [i for i in registry.infos() if i.kind not in ("matlab", "token", "attention") and i.name != "cam"]
 
 
 def _build(info, model):
