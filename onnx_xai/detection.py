@@ -27,14 +27,14 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from . import graph
+from .autolayer import auto_layer
 from .errors import UnsupportedModelError
 from .finite import check_number
 from .runtime import Model, ModelSource, sigmoid, softmax
 from .targets import Target, as_model
 
 __all__ = ["DetectionSpec", "Candidates", "Detection", "DetectionTarget", "candidates", "iou",
-           "similarity", "nms", "detect", "guess_spec", "neck_layers", "neck_layer"]
+           "similarity", "nms", "detect", "guess_spec", "neck_layer"]
 
 BOX_FORMATS = ("xywh", "xyxy")
 
@@ -331,30 +331,17 @@ class DetectionTarget(Target):
         return w
 
 
-# ---------------------------------------------------------------------------- neck layers
-def neck_layers(model: ModelSource) -> list[str]:
-    """Spatial feature maps that feed a detection head: 4D / 5D tensors read by two or more
-    Conv nodes (the box and class branches of YOLO heads), in graph order."""
-    model = as_model(model)
-    proto = model.require_proto("finding the detector's neck")
-    users = graph.consumers(proto)
-    found = []
-    for layer in model.layers():
-        convs = [n for n in users.get(layer.tensor, []) if n.op_type == "Conv"]
-        if layer.shape and len(layer.shape) in (4, 5) and len(convs) >= 2:
-            found.append(layer)
-    order = {node.name: i for i, node in enumerate(proto.graph.node)}
-    return [l.tensor for l in sorted(found, key=lambda l: order.get(l.node, -1))]
-
-
+# ---------------------------------------------------------------------------- neck layer
 def neck_layer(model: ModelSource) -> str:
-    """The last neck feature map before a YOLO-style head (``neck_layers``' last) — the
-    layer pytorch-grad-cam's YOLO tutorial runs EigenCAM on."""
-    found = neck_layers(model)
-    if not found:
-        raise UnsupportedModelError("no neck feature map found (no spatial tensor read by two or more Conv "
-                                    "heads); pass the layer yourself (see `onnx-xai layers MODEL`)")
-    return found[-1]
+    """The last neck feature map before a detector's head — the layer pytorch-grad-cam's YOLO
+    tutorial runs EigenCAM on: ``autolayer.auto_layer``'s detector rule (the last spatial map
+    read by two or more Convs, the head's box and class branches). ``UnsupportedModelError``
+    when the automatic layer of the graph is not a detector neck."""
+    choice = auto_layer(as_model(model))
+    if not choice.rule.startswith("detector"):
+        raise UnsupportedModelError(f"no detector neck found (the automatic CAM layer is {choice.tensor!r}: "
+                                    f"{choice.rule}); pass the layer yourself (see `onnx-xai layers MODEL`)")
+    return choice.tensor
 
 
 def box_of(value: Sequence[float] | str) -> tuple[float, float, float, float]:
