@@ -173,9 +173,20 @@ def _scope_paths(node_name: str) -> set[str]:
         new = set()
         for p in paths:
             for opt in {part, re.sub(r"_\d+$", "", part)}:
-                new.add(opt if p and opt.startswith(p + ".") else f"{p}.{opt}" if p else opt)
+                new.add(_join_scope(p, opt))
         paths = new
     return paths - {""}
+
+
+def _join_scope(path: str, part: str) -> str:
+    """``path`` + one scope ``part``: a full dotted path (``layers.1`` under ``layers``), a
+    Sequential's child named after it (``blocks.0`` under ``layers.1.blocks``), or a child."""
+    if not path:
+        return part
+    if part.startswith(path + "."):
+        return part
+    head, last = part.split(".", 1)[0], path.rsplit(".", 1)[-1]
+    return path + part[len(head):] if "." in part and head == last else f"{path}.{part}"
 
 
 _NAME_SCOPES = "pkg.torch.onnx.name_scopes"  # torch.onnx dynamo: the node's module path list
