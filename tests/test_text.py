@@ -85,7 +85,7 @@ def test_embedding_ig_zero_embedding_baseline_equals_captum_ig(bert):
     ig = IntegratedGradients(lambda e, m: net(inputs_embeds=e, attention_mask=m).logits)
     want = ig.attribute(emb, target=0, additional_forward_args=(torch.as_tensor(mask),),
                         n_steps=12).detach().numpy().sum(-1)
-    got = EmbeddingIG(str(path), baseline="zeros", n_steps=12)(ids, 0, extra_inputs={"attention_mask": mask})
+    got = EmbeddingIG(str(path), baseline="zeros", n_steps=12)(ids, 0, attention_mask=mask)  # inputs by name
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 

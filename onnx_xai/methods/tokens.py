@@ -5,8 +5,8 @@
 ``LayerGradientXActivation`` / ``LayerIntegratedGradients`` on ``word_embeddings``;
 ``TokenOcclusion`` and ``TokenRISE`` replace tokens by a pad / ``[MASK]`` id (or mask them
 out through ``attention_mask``) and read the target score. Every call takes the model's
-other inputs as ``extra_inputs`` (``attention_mask``, ``token_type_ids``: ``(B, T)`` or one
-row for all). Scores are the target's (``index``: None = each sequence's top class, an int,
+other inputs as ``extra_inputs`` or by name (``attention_mask=...``, ``token_type_ids=...``:
+``(B, T)`` or one row for all). Scores are the target's (``index``: None = each sequence's top class, an int,
 one int per sequence, or any ``onnx_xai.targets`` target).
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import targets
 from ..engines.embedding import check_token_input, embedding_cut
+from ..engines.saliency import ig_alphas_weights
 from ..finite import check_finite_output, check_number
 from ..registry import method
 from ..runtime import ModelSource
@@ -34,14 +35,15 @@ class TokenMethod:
         self.output = self.model.check_outputs(output)[0]
         self.batch_size = targets.positive_int("batch_size", batch_size)
 
-    def check(self, input_ids: Any, extra_inputs: dict | None) -> tuple[np.ndarray, dict]:
-        """``(B, T)`` ids and the checked extra inputs."""
+    def check(self, input_ids: Any, extra_inputs: dict | None, named: dict) -> tuple[np.ndarray, dict]:
+        """``(B, T)`` ids and the checked extra inputs (given as a dict and / or by name)."""
         ids = self.model.check_input(input_ids)
-        return ids, self.model.check_extra_inputs(extra_inputs)
+        return ids, self.model.check_extra_inputs(dict(extra_inputs or {}, **named))
 
-    def explain(self, x: np.ndarray, target: targets.Target, extra_inputs: dict | None = None) -> np.ndarray:
+    def explain(self, x: np.ndarray, target: targets.Target, extra_inputs: dict | None = None,
+                **inputs: Any) -> np.ndarray:
         """The registry's protocol: ``(B, T)`` per-token attributions of ``target``."""
-        return self(x, target, extra_inputs=extra_inputs)
+        return self(x, target, extra_inputs=extra_inputs, **inputs)
 
 
 @method("embedding-grad", kind="token", summary="gradient x embedding per token (token models)",
@@ -64,19 +66,24 @@ class EmbeddingGrad(TokenMethod):
         """``(B, T, H)`` embedding output for ``ids``."""
         return self.cut.embed(ids, extra, self.batch_size)
 
-    def gradients(self, input_ids: Any, index: Any = None, *, extra_inputs: dict | None = None) -> np.ndarray:
+    def gradients(self, input_ids: Any, index: Any = None, *, extra_inputs: dict | None = None,
+                  **inputs: Any) -> np.ndarray:
         """``(B, T, H)`` d score / d e at the embeddings of ``input_ids``."""
-        ids, extra = self.check(input_ids, extra_inputs)
-        grad = VanillaGrad(self.cut.cut, batch_size=self.batch_size, output=self.output)
-        return grad(self.embeddings(ids, extra), self._target(index), **self.cut.extra_inputs(ids, extra))
+        return self._embedded_gradients(input_ids, index, extra_inputs, inputs)[0]
 
-    def __call__(self, input_ids: Any, index: Any = None, *, extra_inputs: dict | None = None) -> np.ndarray:
-        """``(B, T)`` per-token attributions."""
-        g = self.gradients(input_ids, index, extra_inputs=extra_inputs)
+    def __call__(self, input_ids: Any, index: Any = None, *, extra_inputs: dict | None = None,
+                 **inputs: Any) -> np.ndarray:
+        """``(B, T)`` per-token attributions (other inputs as ``extra_inputs`` or by name)."""
+        g, e = self._embedded_gradients(input_ids, index, extra_inputs, inputs)
         if self.reduce == "norm":
             return np.sqrt((g.astype(np.float64) ** 2).sum(-1)).astype(np.float32)
-        ids, extra = self.check(input_ids, extra_inputs)
-        return (g * self.embeddings(ids, extra)).sum(-1)
+        return (g * e).sum(-1)
+
+    def _embedded_gradients(self, input_ids, index, extra_inputs, inputs):
+        ids, extra = self.check(input_ids, extra_inputs, inputs)
+        e = self.embeddings(ids, extra)
+        grad = VanillaGrad(self.cut.cut, batch_size=self.batch_size, output=self.output)
+        return grad(e, self._target(index), **self.cut.extra_inputs(ids, extra)), e
 
     def _target(self, index: Any) -> targets.Target:
         return targets.target(index, output=self.output)
@@ -106,13 +113,14 @@ class EmbeddingIG(EmbeddingGrad):
             baseline = np.asarray(baseline)
             if baseline.dtype.kind not in "iu" or baseline.ndim > 2:
                 raise ValueError(f"baseline must be a token id, (B, T) / (T,) ids or 'zeros', got {baseline!r}")
-        self.baseline, self.n_steps, self.method = baseline, n_steps, method
-        IntegratedGradients(self.cut.cut, n_steps=n_steps, method=method)  # checks the arguments
+        self.n_steps = targets.positive_int("n_steps", n_steps)
+        ig_alphas_weights(self.n_steps, method)  # checks the rule
+        self.baseline, self.method = baseline, method
 
     def attributions(self, input_ids: Any, index: Any = None, *, extra_inputs: dict | None = None,
-                     return_convergence_delta: bool = False) -> Any:
+                     return_convergence_delta: bool = False, **inputs: Any) -> Any:
         """``(B, T, H)`` attributions at the embedding output (and Captum's ``(B,)`` delta)."""
-        ids, extra = self.check(input_ids, extra_inputs)
+        ids, extra = self.check(input_ids, extra_inputs, inputs)
         e = self.embeddings(ids, extra)
         if isinstance(self.baseline, str):
             base = np.zeros_like(e)
@@ -123,9 +131,10 @@ class EmbeddingIG(EmbeddingGrad):
                                  internal_batch_size=self.batch_size, output=self.output)
         return ig(e, self._target(index), return_convergence_delta, **self.cut.extra_inputs(ids, extra))
 
-    def __call__(self, input_ids: Any, index: Any = None, *, extra_inputs: dict | None = None) -> np.ndarray:
-        """``(B, T)`` per-token attributions."""
-        return self.attributions(input_ids, index, extra_inputs=extra_inputs).sum(-1)
+    def __call__(self, input_ids: Any, index: Any = None, *, extra_inputs: dict | None = None,
+                 **inputs: Any) -> np.ndarray:
+        """``(B, T)`` per-token attributions (other inputs as ``extra_inputs`` or by name)."""
+        return self.attributions(input_ids, index, extra_inputs=extra_inputs, **inputs).sum(-1)
 
 
 class TokenPerturbation(TokenMethod):
@@ -184,9 +193,10 @@ class TokenOcclusion(TokenPerturbation):
         self.window = targets.positive_int("window", window)
         self.stride = targets.positive_int("stride", stride)
 
-    def __call__(self, input_ids: Any, index: Any = None, *, extra_inputs: dict | None = None) -> np.ndarray:
-        """``(B, T)`` per-token score drops."""
-        ids, extra = self.check(input_ids, extra_inputs)
+    def __call__(self, input_ids: Any, index: Any = None, *, extra_inputs: dict | None = None,
+                 **inputs: Any) -> np.ndarray:
+        """``(B, T)`` per-token score drops (other inputs as ``extra_inputs`` or by name)."""
+        ids, extra = self.check(input_ids, extra_inputs, inputs)
         t = ids.shape[1]
         w = min(self.window, t)
         starts = np.arange(-(-(t - w) // self.stride) + 1) * self.stride  # the last one truncated
@@ -219,9 +229,10 @@ class TokenRISE(TokenPerturbation):
         self.p1 = check_number("p1", p1, 0.0, 1.0, open_min=True, open_max=True)
         self.seed = seed
 
-    def __call__(self, input_ids: Any, index: Any = None, *, extra_inputs: dict | None = None) -> np.ndarray:
-        """``(B, T)`` per-token saliency."""
-        ids, extra = self.check(input_ids, extra_inputs)
+    def __call__(self, input_ids: Any, index: Any = None, *, extra_inputs: dict | None = None,
+                 **inputs: Any) -> np.ndarray:
+        """``(B, T)`` per-token saliency (other inputs as ``extra_inputs`` or by name)."""
+        ids, extra = self.check(input_ids, extra_inputs, inputs)
         keep = np.random.default_rng(self.seed).random((self.n_masks, ids.shape[1])) < self.p1
         tgt, _ = self.resolved(ids, extra, index)
         attr = np.zeros(ids.shape, np.float64)
