@@ -314,6 +314,14 @@ class DetectionTarget(Target):
             return self
         return replace(self, anchor=np.asarray(self.anchor)[rows])
 
+    def export_inputs(self, out: np.ndarray) -> dict[str, np.ndarray]:
+        """The ``class_idx`` and ``region`` inputs that make an exported explainer of the raw
+        tensor (``export_explainer``, which reads it as a dense ``(B, K, N)`` output) explain
+        this detection: the row and the one-hot column of the best anchor's class score."""
+        w = self.weights(out)
+        row = np.flatnonzero(w[0].any(axis=1))
+        return {"class_idx": row.astype(np.int64), "region": w[:1, row[0]].astype(np.float32)}
+
     def weights(self, out: np.ndarray) -> np.ndarray:
         """One-hot ``(n, *out.shape[1:])`` at the class score of the resolved anchor."""
         if self.spec.is_nms:

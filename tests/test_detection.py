@@ -264,3 +264,22 @@ def test_cli_explains_a_detection_and_a_segmentation_region(tmp_path):
         assert ox.metrics.pointing_game(np.abs(smap)[None, None], masks[2])[0]
     assert main(["explain", str(tmp_path / "det.onnx"), str(tmp_path / "scene.npy"), "--method", "drise",
                  "--detection", "7", "--out", str(out / "bad"), "--quiet"]) == 2
+
+
+def test_exported_box_target_gradcam_on_yolo(yolo):
+    """export_explainer reads the raw (1, 4 + C, N) tensor as a dense output: with the
+    detection's class_idx (row 4 + c) and region (one-hot anchor) inputs its saliency is the
+    box-target Grad-CAM, equal to GradCAM with the DetectionTarget (checked against torch above)."""
+    model, ref = yolo
+    layer = det.neck_layer(model)
+    explainer = ox.Model(ox.export_explainer(model, "gradcam", target_layers=layer).SerializeToString(),
+                         verbose=False)
+    x = ref["x"][0]
+    spec = det.guess_spec(model)
+    target = det.DetectionTarget(box=det.candidates(spec, ref["raw"][0]).boxes[0, int(ref["anchor"][0])],
+                                 index=int(ref["cls"][0]), spec=spec).resolve(ref["raw"][0])
+    feeds = target.export_inputs(ref["raw"][0])
+    assert feeds["class_idx"].tolist() == [4 + int(ref["cls"][0])] and feeds["region"].argmax() == ref["anchor"][0]
+    got = explainer.predict(x, outputs=["saliency"], extra_inputs=feeds)["saliency"]
+    want = ox.GradCAM(model, target_layers=layer)(x, target)
+    np.testing.assert_allclose(got, want, atol=1e-4)
