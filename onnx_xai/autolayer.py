@@ -28,6 +28,7 @@ from . import graph
 from .errors import UnsupportedModelError
 from .runtime import Model
 from .tokens import GridFinder, TokenFold
+from .surrogate_graph import surrogate_model
 
 __all__ = ["LayerChoice", "auto_layer", "choose_layer"]
 _WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -189,4 +190,5 @@ def auto_layer(model: Any, input_shape: Sequence[int] | None = None) -> LayerCho
     if not all(isinstance(s, int) and s > 0 for s in shape):
         raise ValueError(f"input {m.input_name!r} is {m.input.describe()}: give the per-sample "
                          "input shape to choose the CAM layer")
+    m = surrogate_model(m)[0]  # quantized / float16 graphs: a float feature map of the surrogate
     return choose_layer(m.require_proto("choosing the CAM layer"), {m.input_name: (1,) + shape})

@@ -118,23 +118,11 @@ def test_old_opset_gradients_equal_torch_autograd(nets, kind, net):
 
 
 def test_old_opset_gradcam_equals_torch(nets):
-    """Grad-CAM of layer4 (weights: spatial mean of d logit / d A) from torch hooks."""
+    """Grad-CAM of layer4 at opset 9 equals torch's (weights: spatial mean of d logit / d A)."""
     net, x = nets["resnet"], images(2)
-    acts = []
-
-    def keep(module, inputs, output):
-        output.retain_grad()
-        acts.append(output)
-    hook = net.layer4.register_forward_hook(keep)
-    try:
-        out = net(torch.tensor(x))
-        classes = out.argmax(1)
-        out.gather(1, classes[:, None]).sum().backward()
-    finally:
-        hook.remove()
-    a, grad = acts[0].detach().numpy(), acts[0].grad.numpy()
-    ref = np.maximum((grad.mean((2, 3), keepdims=True) * a).sum(1, keepdims=True), 0)
-    raw = ox.GradCAM(model(nets, "opset9"), "layer4").compute_map(x, classes.numpy())
+    classes = net(torch.tensor(x)).argmax(1).numpy()
+    ref = torch_gradcam(net, x, classes)
+    raw = ox.GradCAM(model(nets, "opset9"), "layer4").compute_map(x, classes)
     assert raw.shape == ref.shape
     np.testing.assert_allclose(raw, ref, atol=1e-5 * np.abs(ref).max())
 
@@ -178,6 +166,39 @@ def test_fidelity_is_measured_against_the_served_model(nets, kind):
     np.testing.assert_allclose(res["outputs"]["y"], served_out, rtol=1e-6, atol=1e-6)
     print(f"{kind}: {fid}")
     assert fid.max_rel_diff < (0.02 if "fp16" in kind else 0.1)
+
+
+def torch_gradcam(net, x, classes):
+    """Raw Grad-CAM of ``net.layer4`` by torch autograd: relu(Σ_k mean(dS/dA_k) · A_k)."""
+    acts = []
+
+    def keep(module, inputs, output):
+        output.retain_grad()
+        acts.append(output)
+    hook = net.layer4.register_forward_hook(keep)
+    try:
+        net(torch.tensor(x)).gather(1, torch.as_tensor(classes)[:, None]).sum().backward()
+    finally:
+        hook.remove()
+    a, grad = acts[0].detach().numpy(), acts[0].grad.numpy()
+    return np.maximum((grad.mean((2, 3), keepdims=True) * a).sum(1, keepdims=True), 0)
+
+
+@pytest.mark.parametrize("kind", list(BOUNDS))
+def test_automatic_cam_layer_is_a_float_feature_map_of_the_surrogate(nets, kind):
+    """GradCAM without a layer picks the backbone's last feature map in the surrogate (the
+    served graph's is quantized or absent), and its map follows torch's Grad-CAM of layer4."""
+    m, x = model(nets, kind), images(4, seed=4)
+    classes = nets["resnet"](torch.tensor(x)).argmax(1).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SurrogateWarning)
+        cam = ox.GradCAM(m)
+        raw = cam.compute_map(x, classes)
+    assert "/layer4/layer4.1/" in cam.target_layers[0]
+    ref = torch_gradcam(nets["resnet"], x, classes)
+    r = corr(raw, ref)
+    print(f"{kind}: automatic layer {cam.target_layers[0]}, Grad-CAM correlation with torch {r:.4f}")
+    assert raw.shape == ref.shape and r >= 0.9
 
 
 def test_dynamic_quantization_has_no_scale_only_gradients(nets):

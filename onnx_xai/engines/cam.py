@@ -238,7 +238,7 @@ class CAMMethod:
         if reshape_transform is not None and not callable(reshape_transform):
             raise ValueError(f"reshape_transform must be a function or None, got {reshape_transform!r}")
         self.reshape_transform, self._folds = reshape_transform, {}
-        proto = self.model.require_proto("CAM")
+        proto = surrogate_model(self.model)[0].require_proto("CAM")  # the graph the taps come from
         for name in layers:
             graph.resolve_layer(proto, name)  # unknown names fail here, listing close ones
         if is_folded(self.model):  # a channel-last model's NHWC feature maps: their NCHW twins
@@ -304,7 +304,7 @@ class CAMMethod:
         if fold is None:
             key = (layer, tuple(input_shape[1:]))
             if key not in self._folds:
-                proto = self.model.require_proto("CAM")
+                proto = surrogate_model(self.model)[0].require_proto("CAM")
                 finder = tokens.GridFinder(proto, {self.model.input_name: (1,) + key[1]})
                 self._folds[key] = finder.require_fold(graph.resolve_layer(proto, layer), layer)
             fold = self._folds[key]
