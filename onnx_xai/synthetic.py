@@ -6,6 +6,11 @@
 
 The models ``models/synthetic_shapes2d.onnx`` and ``models/synthetic_blobs3d.onnx`` were trained
 on these generators (``models/train_synthetic.py``).
+
+- :func:`detection_scene`: bright squares in the fixed ``SLOTS``, with their masks, for
+- :func:`toy_detector` (YOLOv8 layout; candidate k depends only on slot k's pixels) and
+  :func:`toy_segmenter` (a 3 × 3 mean per pixel): ONNX graphs built here, whose box / region
+  explanations must land on their own object.
 """
 from __future__ import annotations
 
