@@ -555,9 +555,10 @@ def fingerprint(path: Path) -> dict:
     return {"size": size, "sha256": digest.hexdigest()}
 
 
-def audit_input(explainer: Explainer, path: str, dest: str, signature: str) -> dict:
-    """Explain one input into the folder ``dest``, then write its marker (last) → its record; the
-    step every engine runs. A marker that already matches (a task retried after its worker died)
+def audit_input(explainer: Explainer, path: str, dest: str, signature: str, item: int | None = None) -> dict:
+    """Explain one input (``item``: its index among the audit's inputs, for per-input ``--extra``
+    rows) into the folder ``dest``, then write its marker (last) → its record; the step every
+    engine runs. A marker that already matches (a task retried after its worker died)
     is returned as it is, nothing recomputed. Errors become a record, but an output that cannot be
     written (``OutputError``) is raised: it stops the audit."""
     dest_path = Path(dest)
@@ -568,7 +569,7 @@ def audit_input(explainer: Explainer, path: str, dest: str, signature: str) -> d
         return done
     try:
         source = fingerprint(Path(path))
-        record = explainer.explain(Path(path), dest_path)
+        record = explainer.explain(Path(path), dest_path, item=item)
     except OutputError:
         raise
     except Exception as exc:  # one bad input must not stop the audit
@@ -582,9 +583,9 @@ def audit_input(explainer: Explainer, path: str, dest: str, signature: str) -> d
     return record
 
 
-def _audit_one(path: str, dest: str, signature: str) -> dict:
+def _audit_one(path: str, dest: str, signature: str, item: int | None = None) -> dict:
     """``audit_input`` with this worker process's ``Explainer``."""
-    return audit_input(_WORKER, path, dest, signature)
+    return audit_input(_WORKER, path, dest, signature, item)
 
 
 def cached_record(marker: Path, path: Path, signature: str) -> dict | None:
@@ -783,12 +784,12 @@ def run_local(job: AuditJob, done: Callable[[int, dict], None]) -> None:
     if workers <= 1 or len(job.tasks) <= 1:
         _init_worker(config)
         for i, path, dest in job.tasks:
-            done(i, _audit_one(path, dest, job.signature))
+            done(i, _audit_one(path, dest, job.signature, i))
         return
     pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                   initializer=_init_worker, initargs=(config, os.getpid()))
     try:
-        futures = {pool.submit(_audit_one, path, dest, job.signature): i for i, path, dest in job.tasks}
+        futures = {pool.submit(_audit_one, path, dest, job.signature, i): i for i, path, dest in job.tasks}
         for fut in cf.as_completed(futures):
             done(futures[fut], fut.result())
     except cf.process.BrokenProcessPool:

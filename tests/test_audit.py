@@ -391,3 +391,36 @@ def test_engine_options_that_do_not_fit_are_one_line(tmp_path, capsys, args, mes
     code, _, err = run_cli(capsys, "audit", SHAPES, tmp_path / "in", *FAST, "--out", tmp_path / "o", *args)
     assert code == 2 and error_line(err) == f"onnx-xai: error: {message}"
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------- 10. per-input extra inputs
+def test_audit_gives_each_input_its_row_of_extra(tmp_path, capsys):
+    """``--extra meta=ROWS.npy`` with one row per input: input i is explained with row i. The model's
+    logits are ``sum(x) · meta`` (analytic), so a positive image's class is where its row has the 1."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["s"], keepdims=0),
+         helper.make_node("Unsqueeze", ["s", "one"], ["s2"]),
+         helper.make_node("Mul", ["s2", "meta"], ["logits"])],
+        "image_and_meta",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8]),
+         helper.make_tensor_value_info("meta", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3]),
+         helper.make_tensor("one", TensorProto.INT64, [1], [1])])
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), model)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        np.save(folder / f"x{i}.npy", rng.uniform(0.1, 1, (1, 8, 8)).astype(np.float32))
+    np.save(tmp_path / "rows.npy", np.eye(3, dtype=np.float32)[[2, 0, 1]])
+    code, stdout, err = run_cli(capsys, "audit", model, folder, "--extra", f"meta={tmp_path / 'rows.npy'}", *FAST,
+                                "--mask-size", "4", "--out", tmp_path / "out", "--quiet")
+    assert code == 0, err
+    targets = [json.loads((tmp_path / "out" / "inputs" / f"x{i}_npy" / "done.json").read_text())["target"]["index"]
+               for i in range(3)]
+    assert targets == [2, 0, 1]

@@ -79,8 +79,8 @@ class AuditActor:
         self.signature = signature
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        records = [record_json(audit_input(self.explainer, str(p), str(d), self.signature))
-                   for p, d in zip(batch["path"], batch["dest"])]
+        records = [record_json(audit_input(self.explainer, str(p), str(d), self.signature, int(i)))
+                   for i, p, d in zip(batch["index"], batch["path"], batch["dest"])]
         return {"index": np.asarray(batch["index"]), "record": np.array(records, dtype=object)}
 
 
