@@ -117,6 +117,10 @@ def _check_model(args: argparse.Namespace, methods: list[str]) -> None:
         raise ValueError(f"--overlap must be in [0, 1), got {args.overlap}")
     if methods == ["embedded"]:
         return
+    token = [m for m in methods if cli_methods.get(m).kind == "token"]
+    if token:
+        raise ValueError(f"{', '.join(token)}: token methods explain text; give --text \"...\" (a "
+                         "tokenizer.json beside the model), not input files")
     model = Model(args.model, device="cpu", verbose=False, layout=args.layout or "auto")
     if args.layer and any(cli_methods.get(m).kind == "cam" for m in methods):
         graph.resolve_layer(model.require_proto("resolving --layer"), args.layer)

@@ -209,6 +209,10 @@ def test_cli_text_prints_tokens_and_writes_html(bert, tmp_path, capsys):
     assert main(["explain", str(model), "--text", text, "--tokenizer", str(tmp_path / "none.json"),
                  "--out", str(out)]) == 2
     assert "no tokenizer" in capsys.readouterr().err
+    np.save(tmp_path / "ids.npy", np.array([[2, 5, 3]]))
+    assert main(["explain", str(model), str(tmp_path / "ids.npy"), "--method", "token-occlusion",
+                 "--out", str(out)]) == 2
+    assert "give --text" in capsys.readouterr().err
 
 
 class _MeanEmbedding(torch.nn.Module):
