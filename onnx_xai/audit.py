@@ -473,8 +473,9 @@ class Explainer:
         if name == "embedded":
             smap, params = cli_methods.run_embedded(self.model, sample.x, target), {}
         else:
-            smap, params = cli_methods.run(name, self.model, sample.x, target, self.config.options,
-                                           self.sidecar, verbose=self.config.verbose, extra_inputs=self.feeds)
+            smap, params = cli_methods.run(name, self.model, sample.x, target,
+                                           dict(self.config.options, feeds=self.feeds), self.sidecar,
+                                           verbose=self.config.verbose)
         out: dict[str, Any] = {"parameters": params, "timings": {"method_s": round(time.perf_counter() - t0, 4)}}
         if self.config.metric_steps:
             t1 = time.perf_counter()

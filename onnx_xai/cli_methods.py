@@ -126,14 +126,15 @@ def _to_map(result: Any, spatial: tuple[int, ...]) -> np.ndarray:
 
 
 def run(name: str, model: Model, x: np.ndarray, target: int | targets.Target, options: dict, sidecar: dict,
-        verbose: bool = False, extra_inputs: dict | None = None) -> tuple[np.ndarray, dict]:
+        verbose: bool = False) -> tuple[np.ndarray, dict]:
     """Explain ``x`` ``(1, C, *spatial)`` for class ``target`` (or any ``Target``: a region, a
     detection) → (map over ``spatial``, parameters used).
 
     The class target is the logit, or its softmax probability for methods registered with
-    ``score="softmax"`` (occlusion, RISE: the probability drop / weight). ``extra_inputs``:
+    ``score="softmax"`` (occlusion, RISE: the probability drop / weight). ``options["feeds"]``:
     the model's other inputs for ``x`` (see ``extra_for``)."""
     method = get(name)
+    extra_inputs = options.get("feeds") or {}
     params = _constructor_arguments(method, method_arguments(name, options), model, sidecar)
     spatial = tuple(x.shape[2:])
     takes_verbose = "verbose" in inspect.signature(method.impl).parameters
@@ -145,7 +146,7 @@ def run(name: str, model: Model, x: np.ndarray, target: int | targets.Target, op
     explainer = _build(name, lambda: method.impl(model, **run_params), options)
     if not isinstance(target, targets.Target):
         target = targets.ClassTarget(index=target, activation=method.score)
-    result = explainer.explain(x, target, **(extra_inputs or {}))
+    result = explainer.explain(x, target, **extra_inputs)
     return _to_map(result, spatial), _recordable(params)
 
 
