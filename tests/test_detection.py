@@ -1,6 +1,7 @@
 """Detection targets, decoders, D-RISE and the YOLO neck: against torch autograd (a tiny
 ultralytics YOLOv8 exported by tests/data/detection/make_yolo.py, with its reference numbers),
 pytorch-grad-cam's 2D projection, a direct NumPy D-RISE, and toy detectors with known objects."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -262,6 +263,13 @@ def test_cli_explains_a_detection_and_a_segmentation_region(tmp_path):
     for name in ("occlusion", "vanilla"):
         smap = np.load(out / "seg" / f"scene_npy_{name}.npy")
         assert ox.metrics.pointing_game(np.abs(smap)[None, None], masks[2])[0]
+    other = next(d for d in found if d.anchor != k)  # --box: the class of the best-matching candidate
+    box = ",".join(str(round(v)) for v in other.box)
+    assert main(["explain", str(tmp_path / "det.onnx"), str(tmp_path / "scene.npy"), "--method", "vanilla",
+                 "--box", box, "--out", str(out / "box"), "--quiet"]) == 0
+    smap = np.load(out / "box" / "scene_npy_vanilla.npy")
+    assert ox.metrics.pointing_game(np.abs(smap)[None, None], masks[other.anchor])[0]
+    assert json.loads((out / "box" / "scene_npy_vanilla.json").read_text())["target"]["class"] == other.index
     assert main(["explain", str(tmp_path / "det.onnx"), str(tmp_path / "scene.npy"), "--method", "drise",
                  "--detection", "7", "--out", str(out / "bad"), "--quiet"]) == 2
 
