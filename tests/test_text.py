@@ -265,6 +265,10 @@ def test_quantized_embedding_lookup_is_found(bert, quantized_bert):
     e = method.embeddings(ids, {"attention_mask": mask})  # the dequantized table's rows
     want = net.bert.embeddings.word_embeddings(torch.as_tensor(ids)).detach().numpy()
     np.testing.assert_allclose(e, want, atol=2 * np.abs(want).max() / 255)  # 8-bit steps
+    # black-box methods run the quantized model itself: close to the float model's occlusion
+    occ = TokenOcclusion(str(quantized_bert), mask_id=MASK_ID)(ids, 1, attention_mask=mask)
+    ref = _occlusion_reference(net, ids, mask, 1, 1, False)
+    assert np.abs(occ - ref).max() < 0.25 * np.abs(ref).max()
 
 
 @pytest.mark.xfail(raises=UnsupportedModelError, strict=False,
