@@ -11,8 +11,9 @@ are named as in the original graph (tf2onnx moves its transposes to the input, s
 feature maps are channel-first already).
 
 ``layout``: ``"nchw"`` (channel-first), ``"nhwc"`` (channel-last) or ``"auto"``: the
-model's JSON sidecar ``layout`` when it has one, else channel-last when the input has
-spatial axes and a last axis of 1, 3 or 4 while its axis 1 is not (free or larger).
+model's JSON sidecar ``layout`` when it has one, else channel-last when the input has two or
+three spatial axes and a last axis of 1 or 3 while its axis 1 is free or longer than 4 (a
+channel-first input's channels are at most 4 there).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from onnx import helper
 from .preprocess import read_sidecar
 
 LAYOUTS = ("nchw", "nhwc", "auto")
-_CHANNELS = (1, 3, 4)
+_CHANNELS = (1, 3)
 _FOLDED = "channel_first_of"  # attribute of a channel-first view: the layout its callers use
 
 
@@ -46,7 +47,7 @@ def detect(model) -> str:
     if len(shape) < 4:
         return "nchw"
     last, first = shape[-1], shape[1]
-    if last in _CHANNELS and not (isinstance(first, int) and first in _CHANNELS):
+    if last in _CHANNELS and not (isinstance(first, int) and first <= 4):
         return "nhwc"
     return "nchw"
 
