@@ -366,11 +366,33 @@ class _Dequantizer:
             self.g.initializer.append(numpy_helper.from_array(value, node.output[0]))
             self._count("DequantizeLinear of a constant")
             return
+        moved = self._moved_constant(node)
+        if moved is not None:  # e.g. Gather of a quantized embedding table: gather the floats
+            self.nodes.append(moved)
+            self._count("DequantizeLinear of a gathered / reshaped constant")
+            return
         if name not in self.real:
             raise UnsupportedModelError(f"DequantizeLinear node {node.name!r} reads {name!r}, a "
                                         "quantized tensor that is not made in the graph (a quantized "
                                         "input?); the float surrogate cannot trace it")
         self._emit("Identity", [self.real[name]], node, output=node.output[0])
+
+    def _moved_constant(self, node: onnx.NodeProto) -> onnx.NodeProto | None:
+        """For ``DequantizeLinear(mover(constant q, ...))`` with a per-tensor scale: the mover
+        (``Gather``, ``Reshape``, ...) applied to the dequantized constant, writing the
+        DequantizeLinear's output; None for any other input."""
+        producer = next((n for n in reversed(self.nodes) if node.input[0] in n.output), None)
+        if producer is None or producer.op_type not in _MOVERS or producer.input[0] not in self.consts \
+                or np.size(self._const(node, 1)) != 1:
+            return None
+        table = _dequantize(self.consts[producer.input[0]], self._const(node, 1), self._const(node, 2), 0)
+        moved = onnx.NodeProto()
+        moved.CopyFrom(producer)
+        moved.input[0] = self._add_const(producer.input[0], table)
+        del moved.output[:]
+        moved.output.append(node.output[0])
+        moved.name = f"{producer.name or producer.op_type}{_SUFFIX}"
+        return moved
 
     @staticmethod
     def _attrs(node: onnx.NodeProto, drop: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -332,3 +332,39 @@ def test_exported_explainer_loads_and_equals_python(nets, kind, method):
     assert saliency.shape == ref.shape
     assert np.abs(saliency - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
     assert any(p.key == "onnx_xai.surrogate" for p in proto.metadata_props) == (kind != "opset16")
+
+
+def test_dynamically_quantized_bert_embedding_gradients(tmp_path):
+    """quantize_dynamic of a tiny HF BERT (MatMulInteger everywhere, quantized embedding
+    Gathers): the gradient of a logit w.r.t. the word embeddings follows torch autograd on the
+    float net, and the token methods run on it."""
+    pytest.importorskip("transformers")
+    from torch_models import tiny_bert
+
+    net, data = tiny_bert()
+    (tmp_path / "bert.onnx").write_bytes(data)
+    with _cwd(tmp_path), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantization.quantize_dynamic(str(tmp_path / "bert.onnx"), str(tmp_path / "q.onnx"))
+    m = Model(str(tmp_path / "q.onnx"), device="cpu", threads=2, verbose=False)
+    ids = np.random.default_rng(3).integers(5, 100, (4, 12))
+    mask = np.ones_like(ids)
+    grads = []
+    hook = net.bert.embeddings.word_embeddings.register_forward_hook(
+        lambda module, inputs, output: output.register_hook(grads.append) and None)
+    try:
+        net(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits[:, 1].sum().backward()
+    finally:
+        hook.remove()
+    layer = "/bert/embeddings/word_embeddings/Gather_output_0"
+    gm = ox.autodiff.gradient_model(m, layer, batch_size=4, input_shape=(12,),
+                                    extra_shapes={"attention_mask": (12,)})
+    with pytest.warns(SurrogateWarning):
+        got = gm.run(ids, 1, extra_inputs={"attention_mask": mask})["gradients"][layer]
+    r = corr(got, grads[0].numpy())
+    print(f"dynamic BERT: embedding-gradient correlation with torch {r:.4f}; {gm.fidelity}")
+    assert got.shape == tuple(grads[0].shape) and r >= 0.99 and gm.fidelity.top1_agreement == 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SurrogateWarning)
+        tokens = ox.registry.get("embedding-grad").impl(m).explain(ids, ClassTarget(index=1), attention_mask=mask)
+    assert np.asarray(tokens).shape == ids.shape and np.isfinite(tokens).all()
