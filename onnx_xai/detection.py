@@ -34,7 +34,7 @@ from .runtime import Model, ModelSource, sigmoid, softmax
 from .targets import Target, as_model
 
 __all__ = ["DetectionSpec", "Candidates", "Detection", "DetectionTarget", "candidates", "iou",
-           "similarity", "nms", "detect", "guess_spec", "neck_layer"]
+           "similarity", "pair_similarity", "nms", "detect", "guess_spec", "neck_layer", "box_of"]
 
 BOX_FORMATS = ("xywh", "xyxy")
 
