@@ -218,3 +218,28 @@ def test_cli_explain_and_layers_on_a_vit(vit, tmp_path):
     tensor = graph.resolve_layer(model.proto, norm1)
     assert len(marked) == 1 and marked[0].endswith(tensor)
     assert f"{prefix}+{GRID}x{GRID} tokens" in marked[0]
+
+
+def test_dynamo_export_of_a_vit(vit, x):
+    """torch.onnx dynamo=True: module paths from the name-scope metadata, same layer, same map."""
+    pytest.importorskip("onnxscript")
+    import io
+    import warnings
+
+    import onnx
+
+    net, _, norm1, prefix, _ = vit
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(net, (torch.from_numpy(x),), dynamo=True, input_names=["x"],
+                                    output_names=["y"], verbose=False,
+                                    dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=64)}})
+    buf = io.BytesIO()
+    onnx.save(program.model_proto, buf)
+    model = Model(buf.getvalue(), verbose=False)
+    assert not any(n.name.startswith("/") for n in model.proto.graph.node)  # no TorchScript scopes
+    assert auto_layer(model).tensor == graph.resolve_layer(model.proto, norm1)
+    a, g, _ = _torch_taps(net, norm1, prefix, x, np.array([0, 4]))
+    ref = _reference("gradcam", a, g, None)
+    got = GradCAM(model).compute_map(x, np.array([0, 4]))[:, 0]
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
