@@ -264,7 +264,8 @@ def _ray_options(args: argparse.Namespace):
         return None
     if args.workers != 1:
         raise ValueError("--workers is the local engine's; with --engine ray, --ray-actors sets the actors")
-    from .engines.ray_audit import RayOptions
+    from .engines.ray_audit import RayOptions, import_ray
+    import_ray()  # not installed: one line saying what to install, before any work
     return RayOptions(address=args.ray_address, actors=args.ray_actors, cpus_per_actor=args.ray_cpus,
                       gpus_per_actor=args.ray_gpus, batch_size=args.ray_batch)
 
@@ -400,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--metric-steps", type=_positive, default=20, help="deletion/insertion steps (default 20)")
     audit.add_argument("--no-metrics", action="store_true", help="skip deletion/insertion AUC")
     audit.add_argument("--fresh", action="store_true", help="recompute inputs that are already done")
-    ray = audit.add_argument_group("engine", "where the inputs are explained (see README: audits on Ray)")
+    ray = audit.add_argument_group("engine", "where the inputs are explained (README: Audits on a Ray cluster)")
     ray.add_argument("--engine", choices=["local", "ray"], default="local",
                      help="local: --workers processes here; ray: actors on a Ray cluster (pip install 'onnx-xai[ray]')")
     ray.add_argument("--ray-address", default=None, metavar="ADDR",

@@ -424,3 +424,12 @@ def test_audit_gives_each_input_its_row_of_extra(tmp_path, capsys):
     targets = [json.loads((tmp_path / "out" / "inputs" / f"x{i}_npy" / "done.json").read_text())["target"]["index"]
                for i in range(3)]
     assert targets == [2, 0, 1]
+
+
+def test_engine_ray_without_ray_says_what_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray → ImportError, as where it is not installed
+    shapes_png(tmp_path / "in", 1)
+    code, _, err = run_cli(capsys, "audit", SHAPES, tmp_path / "in", *FAST, "--out", tmp_path / "o", "--engine", "ray")
+    assert code == 2 and error_line(err).startswith('onnx-xai: error: the Ray engine needs Ray: pip install '
+                                                    '"onnx-xai[ray]"')
+    assert not (tmp_path / "o").exists()

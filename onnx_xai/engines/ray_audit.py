@@ -60,13 +60,17 @@ class RayOptions:
             raise ValueError("an actor needs some resources: cpus_per_actor or gpus_per_actor > 0")
 
 
+class RayMissingError(OnnxXaiError, ImportError):
+    """Ray (with Ray Data) is not installed: the message says what to install."""
+
+
 def import_ray() -> Any:
-    """``ray`` with ``ray.data``, or ImportError saying what to install."""
+    """``ray`` with ``ray.data``, or ``RayMissingError`` (an ImportError) saying what to install."""
     try:
         import ray
         import ray.data  # noqa: F401
     except ImportError as exc:
-        raise ImportError(f"{INSTALL} ({exc})") from None
+        raise RayMissingError(f"{INSTALL} ({exc})") from None
     return ray
 
 
@@ -172,4 +176,5 @@ def dataset(ray: Any, job: AuditJob, options: RayOptions, actors: int) -> Any:
         num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor or None)
 
 
-__all__ = ["RayOptions", "AuditActor", "run_job", "dataset", "actor_count", "actor_config", "import_ray"]
+__all__ = ["RayOptions", "AuditActor", "run_job", "dataset", "actor_count", "actor_config", "import_ray",
+           "RayMissingError"]
