@@ -136,6 +136,7 @@ def test_named_embedding_layer_and_errors(bert, tmp_path):
     net, path, ids, mask = bert
     named = EmbeddingGrad(str(path), embedding_layer="bert.embeddings.word_embeddings")
     assert named.cut.tensor == EmbeddingGrad(str(path)).cut.tensor
+    assert named.cut.reads_ids  # BERT reads the ids' shape for its position ids
     with pytest.raises(ValueError, match="closest names"):
         EmbeddingGrad(str(path), embedding_layer="bert.embeddings.no_such")
     with pytest.raises(ValueError, match="also needs input"):
@@ -241,7 +242,9 @@ def test_image_methods_name_the_token_methods():
         with pytest.raises((ValueError, UnsupportedModelError), match="token-occlusion"):
             call()
     # ... and those work here: the embedding gradient of a mean is W_fc[c] / T at every token
-    g = EmbeddingGrad(model).gradients(ids, 2)
+    method = EmbeddingGrad(model)
+    assert method.cut.cut.input_names == [method.cut.tensor]  # the ids fed only the lookup: gone
+    g = method.gradients(ids, 2)
     want = net.fc.weight[2].detach().numpy() / 6
     np.testing.assert_allclose(g, np.broadcast_to(want, (1, 6, 4)), rtol=1e-5)
 
@@ -271,9 +274,6 @@ def test_quantized_embedding_lookup_is_found(bert, quantized_bert):
     assert np.abs(occ - ref).max() < 0.25 * np.abs(ref).max()
 
 
-@pytest.mark.xfail(raises=UnsupportedModelError, strict=False,
-                   reason="the float surrogate cannot yet dequantize a Gather of a quantized table "
-                          "(position embeddings under quantize_dynamic)")
 def test_quantized_bert_embedding_ig_through_the_float_surrogate(bert, quantized_bert):
     from captum.attr import LayerIntegratedGradients
 
@@ -284,8 +284,8 @@ def test_quantized_bert_embedding_ig_through_the_float_surrogate(bert, quantized
     want = lig.attribute(t_ids, baselines=torch.zeros_like(t_ids), target=1, n_steps=16,
                          additional_forward_args=(torch.as_tensor(mask),)).sum(-1).detach().numpy()
     got = EmbeddingIG(str(quantized_bert), n_steps=16)(ids, 1, extra_inputs={"attention_mask": mask})
-    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99  # 8-bit weights: close, not equal
-    assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.999  # 8-bit weights: close, not equal
+    assert np.abs(got - want).max() < 0.02 * np.abs(want).max()  # measured: 0.9999992, 0.003
 
 
 def test_token_type_ids_pass_through(tmp_path):

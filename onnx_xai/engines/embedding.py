@@ -17,10 +17,10 @@ import numpy as np
 import onnx
 
 from .. import graph
+from ..autodiff import passes
 from ..errors import UnsupportedModelError
 from ..runtime import Model
 
-_INTS = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
 _PASS = {"Cast", "Identity", "Unsqueeze", "Reshape", "Squeeze"}  # ops an exporter puts before the lookup
 
 
@@ -61,19 +61,14 @@ def _dequantized(proto: onnx.ModelProto, tensor: str) -> str:
     return tensor
 
 
-def _prune(g: onnx.GraphProto) -> None:
-    """Drop nodes whose outputs nothing reads (not graph outputs) and inputs nothing reads."""
-    needed = {o.name for o in g.output}
-    keep = []
-    for node in reversed(g.node):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed |= graph.node_reads(node)
-    del g.node[:]
-    g.node.extend(reversed(keep))
-    inputs = [i for i in g.input if i.name in needed]
-    del g.input[:]
-    g.input.extend(inputs)
+def _drop_unread_inputs(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` without the graph inputs no node reads (the ids once only their lookup did)."""
+    read = {name for node in proto.graph.node for name in graph.node_reads(node)}
+    read |= {o.name for o in proto.graph.output}
+    inputs = [i for i in proto.graph.input if i.name in read]
+    del proto.graph.input[:]
+    proto.graph.input.extend(inputs)
+    return proto
 
 
 def cut_at(proto: onnx.ModelProto, tensor: str) -> onnx.ModelProto:
@@ -101,8 +96,7 @@ def cut_at(proto: onnx.ModelProto, tensor: str) -> onnx.ModelProto:
     g.input.insert(0, onnx.helper.make_tensor_value_info(tensor, elem, dims))
     for v in [v for v in g.value_info if v.name == tensor]:
         g.value_info.remove(v)
-    _prune(g)
-    return out
+    return _drop_unread_inputs(passes.dead_nodes(out))
 
 
 @dataclass(frozen=True)
