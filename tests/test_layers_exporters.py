@@ -208,3 +208,37 @@ def test_cli_layers_marks_the_automatic_layer(resnet, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "no automatic CAM layer: found no good CAM layer" in out and not any(
         line.startswith("*") for line in out.splitlines())
+
+
+class OddTokens(nn.Module):
+    """A patch conv whose 4×4 grid is reshaped to 8 rows of 8: no patch grid in either axis."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 4, 8, 8)
+        self.mix = nn.Linear(8, 8)
+        self.fc = nn.Linear(64, 3)
+
+    def forward(self, x):
+        t = self.mix(self.patch(x).reshape(x.shape[0], 8, 8))
+        return self.fc(t.flatten(1))
+
+
+def test_a_token_layer_without_a_grid_asks_for_reshape_transform(x):
+    torch.manual_seed(0)
+    net = OddTokens().eval()
+    model = _model(net, SIZE)
+    with pytest.raises(ValueError, match=r"layer 'mix' has shape \(8, 8\) per sample: neither axis "
+                                         r"holds a patch grid.*pass reshape_transform="):
+        GradCAM(model, "mix").compute_map(x)
+    # the user's reshape makes it work, and equals torch's Grad-CAM on the same reshape
+    fold = lambda t: t.reshape(len(t), 4, 4, 4)  # noqa: E731  (B, 8, 8) → (B, 4 channels, 4, 4)
+    got = GradCAM(model, "mix", reshape_transform=fold).compute_map(x, 1)[:, 0]
+    store = {}
+    hook = net.mix.register_forward_hook(lambda m, i, o: store.update(a=o))
+    logits = net(torch.from_numpy(x))
+    hook.remove()
+    grad, = torch.autograd.grad(logits[:, 1].sum(), store["a"])
+    a, g = (v.detach().double().numpy().reshape(2, 4, 4, 4) for v in (store["a"], grad))
+    ref = np.maximum((g.mean((2, 3), keepdims=True) * a).sum(1), 0)
+    assert np.abs(ref).max() > 0 and np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
