@@ -190,5 +190,5 @@ def auto_layer(model: Any, input_shape: Sequence[int] | None = None) -> LayerCho
     if not all(isinstance(s, int) and s > 0 for s in shape):
         raise ValueError(f"input {m.input_name!r} is {m.input.describe()}: give the per-sample "
                          "input shape to choose the CAM layer")
-    m = surrogate_model(m)[0]  # quantized / float16 graphs: a float feature map of the surrogate
+    m = surrogate_model(m, strict=False)[0]  # quantized / float16 graphs: a float feature map of the surrogate
     return choose_layer(m.require_proto("choosing the CAM layer"), {m.input_name: (1,) + shape})

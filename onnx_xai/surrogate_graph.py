@@ -546,15 +546,25 @@ def cast_io(proto: onnx.ModelProto, types: dict[str, int]) -> onnx.ModelProto:
 
 
 # ---------------------------------------------------------------------------- models
-def surrogate_model(model) -> tuple[Any, SurrogateRecord]:
+def surrogate_model(model, strict: bool = True) -> tuple[Any, SurrogateRecord]:
     """``(Model of the surrogate, record)`` for a ``Model`` (built once, kept in its memo);
-    ``(model, empty record)`` when its graph needs no surrogate."""
+    ``(model, empty record)`` when its graph needs no surrogate. A graph the surrogate cannot
+    express raises ``UnsupportedModelError`` when ``strict`` (gradients), else gives the
+    model itself (forward-only uses: activations, layer names), logging why."""
     memo = model.memo("surrogate")
     if "model" not in memo:
-        proto, record = float_surrogate(model.require_proto("gradients"))
-        if record:
-            logger.info("gradients are taken on a float32 surrogate of the model: %s", record.describe())
-        memo["model"] = (model.derive(proto) if record else model, record)
+        try:
+            proto, record = float_surrogate(model.require_proto("gradients"))
+        except UnsupportedModelError as exc:
+            memo["error"], memo["model"] = exc, (model, SurrogateRecord())
+        else:
+            if record:
+                logger.info("gradients are taken on a float32 surrogate of the model: %s", record.describe())
+            memo["model"] = (model.derive(proto) if record else model, record)
+    if "error" in memo:
+        if strict:
+            raise memo["error"]
+        logger.info("no float32 surrogate (%s); reading the served graph", memo["error"])
     return memo["model"]
 
 

@@ -241,7 +241,7 @@ def test_qdq_weights_are_dequantized_exactly():
 def test_unsupported_quantized_op_is_refused_by_name():
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
              helper.make_node("QLinearSoftmax", ["q", "s", "z", "s", "z"], ["p"], domain="com.microsoft",
-                              name="softmax_q"),
+                              name="softmax_q", opset=13),
              helper.make_node("DequantizeLinear", ["p", "s", "z"], ["y"])]
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4])],
@@ -251,6 +251,10 @@ def test_unsupported_quantized_op_is_refused_by_name():
                               ir_version=8)
     with pytest.raises(UnsupportedModelError, match="QLinearSoftmax.*softmax_q"):
         float_surrogate(proto)
+    m = Model(proto, device="cpu")
+    with pytest.raises(UnsupportedModelError, match="QLinearSoftmax"):
+        ox.VanillaGrad(m)(np.ones((1, 4), np.float32), 0)  # gradients: refused, never scale-only
+    assert surrogate_model(m, strict=False)[0] is m  # forward-only uses read the served graph
 
 
 # ---------------------------------------------------------------------------- every method

@@ -98,7 +98,7 @@ def forward_taps(model: Model, layer: str, x: np.ndarray, target: targets.Target
     ``NonFiniteError`` when either is not finite. ``extra_inputs``: the model's other inputs.
     A float16 / quantized / old-opset model's activations are its float32 surrogate's
     (``onnx_xai.surrogate_graph``); the logits are always the served model's."""
-    surrogate, _ = surrogate_model(model)
+    surrogate, _ = surrogate_model(model, strict=False)
     tensor = graph.resolve_layer(surrogate.require_proto("CAM"), layer)
     child = surrogate.with_outputs([tensor])
     out = target.output or model.output_names[0]
@@ -239,7 +239,7 @@ class CAMMethod:
         if reshape_transform is not None and not callable(reshape_transform):
             raise ValueError(f"reshape_transform must be a function or None, got {reshape_transform!r}")
         self.reshape_transform, self._folds = reshape_transform, {}
-        proto = surrogate_model(self.model)[0].require_proto("CAM")  # the graph the taps come from
+        proto = surrogate_model(self.model, strict=False)[0].require_proto("CAM")  # the graph the taps come from
         for name in layers:
             graph.resolve_layer(proto, name)  # unknown names fail here, listing close ones
         if is_folded(self.model):  # a channel-last model's NHWC feature maps: their NCHW twins
@@ -305,7 +305,7 @@ class CAMMethod:
         if fold is None:
             key = (layer, tuple(input_shape[1:]))
             if key not in self._folds:
-                proto = surrogate_model(self.model)[0].require_proto("CAM")
+                proto = surrogate_model(self.model, strict=False)[0].require_proto("CAM")
                 finder = tokens.GridFinder(proto, {self.model.input_name: (1,) + key[1]})
                 self._folds[key] = finder.require_fold(graph.resolve_layer(proto, layer), layer)
             fold = self._folds[key]

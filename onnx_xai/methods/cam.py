@@ -62,7 +62,7 @@ class CAM(CAMMethod):
                  nn_module: Any = None, layout: str | None = None) -> None:
         super().__init__(model, target_layers, upsampler, postprocessing, batch_size, nn_module=nn_module,
                          layout=layout)
-        proto = surrogate_model(self.model)[0].require_proto("CAM")  # float weights (quantized models)
+        proto = surrogate_model(self.model, strict=False)[0].require_proto("CAM")  # float weights (quantized models)
         if fc_layers == "fc":
             try:
                 graph.resolve_layer(proto, "fc")
