@@ -108,3 +108,20 @@ def _both_signs(model, x):
         p = (m @ np.linalg.svd(m, full_matrices=False)[2][0]).reshape(a.shape[1:])
         out.append([_scaled(np.maximum(s * p, 0)[None].astype(np.float32))[0] for s in (1, -1)])
     return out
+
+
+@pytest.mark.parametrize("name", ["GradCAM", "GradCAMPlusPlus", "LayerCAM"])
+def test_the_adapter_folds_token_layers_itself(timm_model, x, name):
+    """onnx_xai.adapters.pytorch_grad_cam, called as pytorch-grad-cam but without any
+    reshape_transform, equals pytorch-grad-cam with one, call for call."""
+    from onnx_xai.adapters import pytorch_grad_cam as ours
+
+    kind, net, norm1, model, reshape = timm_model
+    targets = [ClassifierOutputTarget(2), ClassifierOutputTarget(0)]
+    with getattr(pgc, name)(model=net, target_layers=[_module(net, norm1)], reshape_transform=reshape) as cam:
+        ref = cam(input_tensor=torch.from_numpy(x), targets=targets)
+    with getattr(ours, name)(model=model, target_layers=[norm1]) as cam:
+        got = cam(input_tensor=x, targets=[ours.ClassifierOutputTarget(2), ours.ClassifierOutputTarget(0)])
+    np.testing.assert_allclose(got, ref, atol=TOL, err_msg=f"{kind} {name}")
+    with pytest.raises(NotImplementedError, match="folded to their patch grid automatically"):
+        getattr(ours, name)(model, [norm1], reshape_transform=reshape)

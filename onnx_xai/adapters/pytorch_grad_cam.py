@@ -27,8 +27,10 @@ and ``ClassifierOutputSoftmaxTarget(c)`` (both ``onnx_xai.targets.ClassTarget``)
 ``onnx_xai.targets`` target for the whole batch (a region of a segmentation output, ...).
 
 Differences, on purpose: inputs and results are NumPy arrays (a torch tensor given as
-``input_tensor`` is read with ``.detach().cpu().numpy()``); ``reshape_transform`` (token
-layers of vision transformers) raises ``NotImplementedError``; a ``targets`` list whose
+``input_tensor`` is read with ``.detach().cpu().numpy()``); token layers of vision transformers
+(timm / HF ViT, DeiT, Swin) are folded to their patch grid automatically (``onnx_xai.tokens``),
+so ``reshape_transform`` is not needed and raises ``NotImplementedError`` (for other layouts,
+``onnx_xai.GradCAM(..., reshape_transform=fn)`` takes a NumPy function); a ``targets`` list whose
 length is not the batch size is a ``ValueError`` (pytorch-grad-cam silently zips); leaving
 the ``with`` block swallows no exception (pytorch-grad-cam prints and swallows ``IndexError``).
 ``aug_smooth=True`` (mean over horizontal flip × intensity 0.9 / 1 / 1.1, as pytorch-grad-cam's
@@ -47,7 +49,7 @@ import scipy.ndimage
 
 from .. import graph
 from ..finite import positive_int
-from ..engines.cam import Taps, forward_taps, gradient_taps
+from ..engines.cam import Taps, fold_taps, forward_taps, gradient_taps, token_fold
 from ..methods.cam import ScoreCAM as _ScoreCAMEngine
 from ..runtime import Model, ModelSource
 from ..targets import ClassTarget, Target, target as as_target
@@ -179,7 +181,8 @@ class BaseCAM:
     Args:
         model: anything ``onnx_xai.Model`` accepts.
         target_layers: layer names (a list, as pytorch-grad-cam; one name is accepted too).
-        reshape_transform: must be None (``NotImplementedError`` otherwise).
+        reshape_transform: must be None (``NotImplementedError`` otherwise): token layers
+            are folded automatically.
         batch_size: samples per gradient run (ours).
     """
 
@@ -189,8 +192,9 @@ class BaseCAM:
                  reshape_transform: Any = None, *, batch_size: int = 8) -> None:
         if reshape_transform is not None:
             raise NotImplementedError(
-                "reshape_transform is not supported: onnx_xai explains (B, C, H, W[, D]) layers; "
-                "name a convolutional layer, or a tensor the graph already reshapes to one")
+                "reshape_transform is not needed: token layers of ViT / DeiT / Swin exports are folded "
+                "to their patch grid automatically; for another layout use onnx_xai.GradCAM(..., "
+                "reshape_transform=fn) with a NumPy function (B, ...) -> (B, C, h, w)")
         self.model = model if isinstance(model, Model) else Model(model)
         layers = [target_layers] if isinstance(target_layers, str) else list(target_layers or ())
         if not layers or not all(isinstance(l, str) and l for l in layers):
@@ -202,7 +206,7 @@ class BaseCAM:
             graph.resolve_layer(proto, name)  # unknown names fail here, listing close ones
         batch_size = positive_int("batch_size", batch_size)
         self.target_layers, self.batch_size = layers, int(batch_size)
-        self.reshape_transform = None
+        self.reshape_transform, self._folds = None, {}
         self.outputs: np.ndarray | None = None
 
     # -- what each method defines (pytorch-grad-cam's hooks, on NumPy activations / gradients)
@@ -222,7 +226,8 @@ class BaseCAM:
     # -- the pipeline
     def _taps(self, x: np.ndarray, layer: str, target: Target) -> Taps:
         run = gradient_taps if self.uses_gradients else forward_taps
-        return run(self.model, layer, x, target, batch_size=self.batch_size)
+        taps = run(self.model, layer, x, target, batch_size=self.batch_size)
+        return fold_taps(taps, token_fold(self.model, layer, x.shape, self._folds), layer, x.ndim)
 
     def _target(self, targets: Any, x: np.ndarray) -> Target:
         """pytorch-grad-cam's ``targets`` (None, or one per image) as one ``Target`` for the

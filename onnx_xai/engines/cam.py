@@ -301,23 +301,8 @@ class CAMMethod:
         """``taps`` with a token layer's activations and gradients folded to ``(N, C, h, w)``
         by ``reshape_transform`` or the layer's detected ``tokens.TokenFold`` (cached per
         layer and input shape); channel-first layers are returned as they are."""
-        fold = self.reshape_transform
-        if fold is None:
-            key = (layer, tuple(input_shape[1:]))
-            if key not in self._folds:
-                proto = surrogate_model(self.model, strict=False)[0].require_proto("CAM")
-                finder = tokens.GridFinder(proto, {self.model.input_name: (1,) + key[1]})
-                self._folds[key] = finder.require_fold(graph.resolve_layer(proto, layer), layer)
-            fold = self._folds[key]
-        if fold is None:
-            return taps
-        act = np.asarray(fold(taps.activations))
-        grad = None if taps.gradients is None else np.asarray(fold(taps.gradients))
-        if act.ndim != len(input_shape) or (grad is not None and grad.shape != act.shape):
-            raise ValueError(f"reshape_transform gave activations {act.shape} and gradients "
-                             f"{None if grad is None else grad.shape} for layer {layer!r}; expected "
-                             f"(B, C, *spatial) of rank {len(input_shape)}")
-        return dataclasses.replace(taps, activations=act, gradients=grad)
+        fold = self.reshape_transform or token_fold(self.model, layer, input_shape, self._folds)
+        return fold_taps(taps, fold, layer, len(input_shape))
 
     def feature_map_size(self, input_size: Sequence[int], layer_idx: int = -1) -> tuple:
         """Shape of the raw map for an input of shape ``input_size`` (as MONAI)."""
@@ -325,6 +310,32 @@ class CAMMethod:
 
     def _map(self, t: Taps, x: np.ndarray, layer: str) -> np.ndarray:
         raise NotImplementedError
+
+
+def token_fold(model: Model, layer: str, input_shape: tuple, cache: dict) -> tokens.TokenFold | None:
+    """The detected fold of a token ``layer`` for inputs of shape ``input_shape`` ``(B, C, H, W)``
+    (None: a channel-first layer; ``ValueError`` for a 3-D layer with no patch grid), cached in
+    ``cache`` per layer and per-sample shape."""
+    key = (layer, tuple(input_shape[1:]))
+    if key not in cache:
+        proto = surrogate_model(model, strict=False)[0].require_proto("CAM")
+        finder = tokens.GridFinder(proto, {model.input_name: (1,) + key[1]})
+        cache[key] = finder.require_fold(graph.resolve_layer(proto, layer), layer)
+    return cache[key]
+
+
+def fold_taps(taps: Taps, fold: Callable | None, layer: str, rank: int) -> Taps:
+    """``taps`` with activations and gradients passed through ``fold`` (None: unchanged);
+    ``ValueError`` unless they come out ``(N, C, *spatial)`` of the input's ``rank``."""
+    if fold is None:
+        return taps
+    act = np.asarray(fold(taps.activations))
+    grad = None if taps.gradients is None else np.asarray(fold(taps.gradients))
+    if act.ndim != rank or (grad is not None and grad.shape != act.shape):
+        raise ValueError(f"reshape_transform gave activations {act.shape} and gradients "
+                         f"{None if grad is None else grad.shape} for layer {layer!r}; expected "
+                         f"(B, C, *spatial) of rank {rank}")
+    return dataclasses.replace(taps, activations=act, gradients=grad)
 
 
 def weighted_sum(weights: np.ndarray, act: np.ndarray) -> np.ndarray:
