@@ -441,8 +441,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's arguments. ``explain``'s inputs are optional (``--text`` needs none), so
+    argparse takes them as empty right after MODEL: inputs written after options are put back."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and getattr(args, "inputs", None) is not None and not any(r.startswith("-") for r in rest):
+        args.inputs = list(args.inputs) + rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:
