@@ -319,7 +319,8 @@ def token_fold(model: Model, layer: str, input_shape: tuple, cache: dict) -> tok
     key = (layer, tuple(input_shape[1:]))
     if key not in cache:
         proto = surrogate_model(model, strict=False)[0].require_proto("CAM")
-        finder = tokens.GridFinder(proto, {model.input_name: (1,) + key[1]})
+        batch = model.input.shape[0] if isinstance(model.input.shape[0], int) else 1  # a pinned batch
+        finder = tokens.GridFinder(proto, {model.input_name: (batch,) + key[1]})
         cache[key] = finder.require_fold(graph.resolve_layer(proto, layer), layer)
     return cache[key]
 
