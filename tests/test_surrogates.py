@@ -319,7 +319,7 @@ def test_exported_explainer_loads_and_equals_python(nets, kind, method):
     model's I/O dtype; its map equals the Python method's for the same classes."""
     m = model(nets, kind)
     layer = "layer4" if method == "gradcam" else None
-    proto = export_explainer(m, method, layer, batch_size=3)
+    proto = export_explainer(m, method, layer)  # dynamic batch
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     s = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import onnx
 
-FORMAT = 6  # bump when the way gradient models are built changes
+FORMAT = 7  # bump when the way gradient models are built changes
 DEFAULT_SIZE = 2 * 10**9  # bytes; "2GB"
 STALE_SECONDS = 3600.0  # a temporary file this old is abandoned, whatever its writer
 DEAD_WRITER_SECONDS = 60.0  # ... and one this old whose writer's process is gone (this host)

@@ -551,7 +551,25 @@ def static_shape_ops(proto: onnx.ModelProto) -> onnx.ModelProto:
               and consts[node.input[1]].size > 0):
             target = _int64(out, "unit_sum_shape", taken, shapes[node.output[0]])
             node.CopyFrom(helper.make_node("Reshape", [x, target], list(node.output), name=node.name))
-    return fold_constants(out)
+    return _fold_keeping_fills(out)
+
+
+_FILL = "__XaiConstantOfShape"  # an op the folder cannot evaluate
+
+
+def _fold_keeping_fills(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``fold_constants``, but ``ConstantOfShape`` nodes stay nodes (their shapes fold): the
+    folder keeps results up to a size, so a batch-sized fill would fold at one batch and not
+    at the next, and graphs built at two batches (export's dynamic batch) would differ."""
+    out = _copy(proto)
+    for node in out.graph.node:
+        if node.op_type == "ConstantOfShape":
+            node.op_type = _FILL
+    out = fold_constants(out)
+    for node in out.graph.node:
+        if node.op_type == _FILL:
+            node.op_type = "ConstantOfShape"
+    return out
 
 
 def name_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
