@@ -168,10 +168,9 @@ def extra_for(model: Model, extra: dict[str, np.ndarray], item: int | None) -> d
     holds one row per input, in the order given (``item``: this input's index)."""
     out = {}
     for name, value in extra.items():
-        declared = next(i for i in model.inputs if i.name == name).shape
-        if value.ndim == len(declared) - 1:
+        if model.batch_axis(name, value[None]):
             value = value[None]
-        if value.ndim == len(declared) and value.shape[0] > 1 and not isinstance(declared[0], int):
+        if model.batch_axis(name, value) and value.shape[0] > 1:
             if item is None or item >= value.shape[0]:
                 raise ValueError(f"--extra {name}: {value.shape[0]} rows (one per input) but input "
                                  f"{'?' if item is None else item + 1} has none; give one row per "

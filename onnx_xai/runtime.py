@@ -599,7 +599,7 @@ class Model:
                              f"({', '.join(f'{i.name}: {i.describe()}' for i in others)})")
         out = {i.name: np.asarray(extra[i.name]).astype(i.dtype, copy=False) for i in allowed}
         for i in allowed:  # one sample's array without its batch axis: a batch of 1 (shared)
-            if i.shape and not isinstance(i.shape[0], int) and out[i.name].ndim == len(i.shape) - 1:
+            if self.batch_axis(i.name, out[i.name][None]):
                 out[i.name] = out[i.name][None]
         for name, value in out.items():
             if value.dtype.kind == "f" and not np.isfinite(value).all():
@@ -684,13 +684,21 @@ class Model:
                     start: int) -> np.ndarray:
         """The extra input ``name`` for a run of ``b`` samples starting at ``start`` of
         ``n_total``: split along its batch axis, repeated from 1 to ``b``, or as it is."""
-        declared = next(i for i in self.inputs + self.optional_inputs if i.name == name).shape
-        batch_axis = bool(declared) and not isinstance(declared[0], int) and value.ndim == len(declared)
-        if batch_axis and n_total and n_total > 1 and value.shape[0] == n_total:
-            return value[start:start + b]
-        if batch_axis and value.shape[0] == 1 and b > 1:
-            return np.repeat(value, b, axis=0)
+        if not self.batch_axis(name, value):
+            return value
+        if n_total and n_total > 1 and value.shape[0] == n_total:
+            value = value[start:start + b]
+        if 0 < value.shape[0] < b:  # one row for all, or the last rows padded to a fixed batch
+            value = np.concatenate([value, np.repeat(value[-1:], b - value.shape[0], axis=0)])
         return value
+
+    def batch_axis(self, name: str, value: np.ndarray) -> bool:
+        """Whether ``value`` of the extra input ``name`` has a batch axis: as many axes as the
+        input, the first free or pinned to the explained input's fixed batch."""
+        declared = next(i for i in self.inputs + self.optional_inputs if i.name == name).shape
+        batch = self.input.shape[0] if self.input.shape else None
+        return (bool(declared) and np.ndim(value) == len(declared)
+                and (not isinstance(declared[0], int) or declared[0] == batch))
 
     def run_session(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray],
                     names: list[str]) -> list[np.ndarray]:

@@ -143,3 +143,46 @@ def test_minmax_gradcam_on_batch_of_three(models, x):
     assert got.shape == (3, 1, 16, 16)
     np.testing.assert_allclose(got, GradCAM(dynamic, LAYER, postprocessing=minmax_normalizer)(x),
                                rtol=1e-4, atol=1e-5)
+
+
+class BakedWithMeta(nn.Module):
+    """An image and a per-sample ``meta`` vector; the batch baked into the head's reshape."""
+
+    def __init__(self, batch: int | None) -> None:
+        super().__init__()
+        self.batch = batch
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+        self.m = nn.Linear(2, 4)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x, meta):
+        h = torch.relu(self.c(x)) * torch.sigmoid(self.m(meta))[:, :, None, None]
+        return self.fc(h.reshape(self.batch or x.shape[0], -1))
+
+
+def test_fixed_batch_with_per_sample_extra_inputs():
+    """The extra input is pinned to the fixed batch too: its rows are cut and padded with
+    the image's (per-sample meta), every method equals the dynamic-batch twin."""
+    torch.manual_seed(0)
+    net, twin = BakedWithMeta(1).eval(), BakedWithMeta(None).eval()
+    twin.load_state_dict(net.state_dict())
+    example = (torch.randn(1, 3, 8, 8), torch.randn(1, 2))
+    baked = ox.Model(export_onnx(net, example, input_names=("x", "meta"), dynamic_batch=False), verbose=False)
+    dynamic = ox.Model(export_onnx(twin, example, input_names=("x", "meta")), verbose=False)
+    rng = np.random.default_rng(0)
+    x, meta = rng.standard_normal((3, 3, 8, 8)).astype(np.float32), rng.standard_normal((3, 2)).astype(np.float32)
+    runs = {
+        "vanilla": lambda m: VanillaGrad(m)(x, meta=meta),
+        "smoothgrad": lambda m: SmoothGrad(m, n_samples=3, seed=0, verbose=False)(x, meta=meta),
+        "ig": lambda m: IntegratedGradients(m, n_steps=4)(x, meta=meta),
+        "gradcam": lambda m: GradCAM(m, "/c/Conv")(x, meta=meta),
+        "eigencam": lambda m: EigenCAM(m, "/c/Conv")(x, meta=meta),
+        "scorecam": lambda m: ScoreCAM(m, "/c/Conv", verbose=False)(x, meta=meta),
+        "rise": lambda m: RISE(m, n_masks=10, seed=0)(x, extra_inputs={"meta": meta}),
+    }
+    for name, run in runs.items():
+        np.testing.assert_allclose(run(baked), run(dynamic), rtol=1e-4, atol=1e-6, err_msg=name)
+    t = torch.from_numpy(x).requires_grad_(True)
+    out = twin(t, torch.from_numpy(meta))
+    out[torch.arange(3), out.argmax(1)].sum().backward()
+    np.testing.assert_allclose(runs["vanilla"](baked), t.grad.numpy(), rtol=1e-4, atol=1e-6)

@@ -68,9 +68,7 @@ def _extras_for(extra: dict[str, np.ndarray], model: Model, n_images: int,
     """Per-image extra inputs (leading dim = number of images) follow their samples."""
     out = {}
     for name, value in extra.items():
-        declared = next(i for i in model.inputs if i.name == name).shape
-        per_image = (bool(declared) and not isinstance(declared[0], int)
-                     and value.ndim == len(declared) and value.shape[0] == n_images > 1)
+        per_image = model.batch_axis(name, value) and value.shape[0] == n_images > 1
         out[name] = value[images] if per_image else value
     return out
 
