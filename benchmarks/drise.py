@@ -9,7 +9,6 @@ dynamic-batch rewrite is refused there (its check) and runs are of one image.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from onnx_xai import DRISE, Model
 from onnx_xai.detection import DetectionTarget, detect, guess_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bare_inference, interleaved, machine  # noqa: E402
+from common import bare_inference, interleaved, machine, mask_benchmark_args  # noqa: E402
 
 YOLO = Path(__file__).resolve().parents[1] / "tests" / "data" / "detection" / "tiny_yolov8.onnx"
 
@@ -40,12 +39,7 @@ def measure(masks: int = 1000, batch: int = 32, repeats: int = 3, threads: int =
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--masks", type=int, default=1000)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args()
+    a = mask_benchmark_args(__doc__)
     r = measure(a.masks, a.batch, a.repeats, a.threads)
     print(f"tiny YOLOv8 64x64, {a.masks} masks, batch {a.batch}, {a.threads} threads, median of {a.repeats}; "
           f"{machine()}")

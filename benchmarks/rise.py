@@ -7,14 +7,13 @@ batch size (the floor any perturbation method pays), median of interleaved repea
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from onnx_xai import RISE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bare_inference, cat_input, interleaved, shipped_model  # noqa: E402
+from common import bare_inference, cat_input, interleaved, mask_benchmark_args, shipped_model  # noqa: E402
 
 
 def measure(masks: int = 1000, batch: int = 32, repeats: int = 3, threads: int = 2) -> dict[str, float]:
@@ -30,12 +29,7 @@ def measure(masks: int = 1000, batch: int = 32, repeats: int = 3, threads: int =
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--masks", type=int, default=1000)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args()
+    a = mask_benchmark_args(__doc__)
     r = measure(a.masks, a.batch, a.repeats, a.threads)
     print(f"EfficientNet-Lite0, cat photo, {a.masks} masks, batch {a.batch}, {a.threads} threads, "
           f"median of {a.repeats}")
