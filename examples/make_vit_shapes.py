@@ -133,10 +133,11 @@ def picture() -> None:
     grad-rollout, one row per PNG, from the overlays ``onnx-xai explain`` writes."""
     cli = Path(sys.executable).with_name("onnx-xai")
     rows = []
+    pngs = example_images()
     with tempfile.TemporaryDirectory() as tmp:
-        for png in example_images():
-            subprocess.run([str(cli), "explain", str(OUT / "shapes_vit.onnx"), str(png),
-                            "--method", "gradcam,rollout,grad-rollout", "--out", tmp, "--quiet"], check=True)
+        subprocess.run([str(cli), "explain", str(OUT / "shapes_vit.onnx"), *map(str, pngs),
+                        "--method", "gradcam,rollout,grad-rollout", "--out", tmp, "--quiet"], check=True)
+        for png in pngs:
             key = png.name.replace(".", "_")
             tiles = [cv2.cvtColor(cv2.imread(str(png), cv2.IMREAD_GRAYSCALE), cv2.COLOR_GRAY2BGR)]
             tiles += [cv2.imread(str(Path(tmp) / f"{key}_{m}.png")) for m in ("gradcam", "rollout", "grad-rollout")]
