@@ -70,8 +70,11 @@ def test_nn_module_errors(shipped):
         GradCAMpp(target_layers="_swish_1")
     with pytest.raises(TypeError, match="twice"):
         OcclusionSensitivity(onnx_bytes, nn_module=onnx_bytes)
-    with pytest.raises(ValueError, match="target_layers"):
-        GradCAM(nn_module=onnx_bytes)
+    # MONAI requires target_layers; here None is the automatic layer (onnx_xai.autolayer)
+    x = shipped[1]
+    auto = GradCAM(nn_module=onnx_bytes)(x, class_idx=3)
+    layer = onnx_xai.autolayer.auto_layer(onnx_bytes).tensor
+    np.testing.assert_allclose(auto, GradCAM(onnx_bytes, layer)(x, class_idx=3), rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------- ONNX Runtime
