@@ -265,9 +265,10 @@ def _ray_options(args: argparse.Namespace):
     if args.workers != 1:
         raise ValueError("--workers is the local engine's; with --engine ray, --ray-actors sets the actors")
     from .engines.ray_audit import RayOptions, import_ray
+    options = RayOptions(address=args.ray_address, actors=args.ray_actors, cpus_per_actor=args.ray_cpus,
+                         gpus_per_actor=args.ray_gpus, batch_size=args.ray_batch)  # bad values: said first
     import_ray()  # not installed: one line saying what to install, before any work
-    return RayOptions(address=args.ray_address, actors=args.ray_actors, cpus_per_actor=args.ray_cpus,
-                      gpus_per_actor=args.ray_gpus, batch_size=args.ray_batch)
+    return options
 
 
 def _demo_picture(records: list[dict], methods: list[str], out: Path) -> np.ndarray:
