@@ -92,17 +92,13 @@ class ClassifierOutputTarget(ClassTarget):
 
 
 @dataclass(frozen=True, init=False)
-class ClassifierOutputSoftmaxTarget(ClassTarget):
+class ClassifierOutputSoftmaxTarget(ClassifierOutputTarget):
     """pytorch-grad-cam's ``ClassifierOutputSoftmaxTarget(category)``: the softmax probability
     of class ``category`` — a ``ClassTarget`` with ``activation="softmax"``."""
 
     def __init__(self, category: int | None = None, *, output: str | None = None,
                  activation: str = "softmax", index: Any = None) -> None:
-        super().__init__(output=output, activation=activation, index=_category(category, index))
-
-    @property
-    def category(self) -> int:
-        return self.index
+        super().__init__(category, output=output, activation=activation, index=index)
 
 
 # ---------------------------------------------------------------------------- utilities
